@@ -1,0 +1,3 @@
+//! The virtio-blk protocol (VIRTIO 1.x, 5.2 "Block Device").
+#![no_std]
+#![deny(missing_docs)]

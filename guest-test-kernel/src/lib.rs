@@ -1,0 +1,2 @@
+//! Host-testable parts of the test guest (option parsing, patterns, statistics).
+#![no_std]
