@@ -1,2 +1,25 @@
-//! Host-testable parts of the test guest (option parsing, patterns, statistics).
+//! Host-testable parts of the test guest: command-line options, data patterns and a latency
+//! histogram.
+//!
+//! The freestanding binary (`src/main.rs`, feature `guest`) uses these; keeping them here lets
+//! `cargo test -p guest-test-kernel` check them on the host.
+//!
+//! ```
+//! use guest_test_kernel::{Options, Completion};
+//! let o = Options::parse("tests=all bench=randread bs=4096 qd=32 secs=3 completion=irq");
+//! assert_eq!(o.qd, 32);
+//! assert_eq!(o.completion, Completion::Irq);
+//! assert!(o.test_enabled("flush"));
+//! ```
 #![no_std]
+#![deny(missing_docs)]
+
+#[cfg(test)]
+extern crate std;
+
+pub mod histogram;
+pub mod options;
+pub mod pattern;
+
+pub use histogram::Histogram;
+pub use options::{Completion, Options, OptionsError, Tests, Workload};

@@ -11,7 +11,9 @@ pub const VIRTQ_DESC_F_WRITE: u16 = 2;
 pub const VIRTQ_DESC_F_INDIRECT: u16 = 4;
 
 /// `struct virtq_desc` exactly as it lies in memory (16 bytes, little-endian).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct VirtqDesc {
     /// Guest physical address of the buffer.
@@ -56,12 +58,22 @@ impl Descriptor {
 
 impl From<VirtqDesc> for Descriptor {
     fn from(d: VirtqDesc) -> Self {
-        Descriptor { addr: d.addr.get(), len: d.len.get(), flags: d.flags.get(), next: d.next.get() }
+        Descriptor {
+            addr: d.addr.get(),
+            len: d.len.get(),
+            flags: d.flags.get(),
+            next: d.next.get(),
+        }
     }
 }
 
 impl From<Descriptor> for VirtqDesc {
     fn from(d: Descriptor) -> Self {
-        VirtqDesc { addr: d.addr.into(), len: d.len.into(), flags: d.flags.into(), next: d.next.into() }
+        VirtqDesc {
+            addr: d.addr.into(),
+            len: d.len.into(),
+            flags: d.flags.into(),
+            next: d.next.into(),
+        }
     }
 }

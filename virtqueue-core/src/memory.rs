@@ -19,7 +19,11 @@ pub struct MemoryError {
 
 impl fmt::Display for MemoryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "guest memory access of {} bytes at {:#x} is out of range", self.len, self.addr)
+        write!(
+            f,
+            "guest memory access of {} bytes at {:#x} is out of range",
+            self.len, self.addr
+        )
     }
 }
 
@@ -61,7 +65,11 @@ unsafe impl Sync for SliceMemory<'_> {}
 impl<'a> SliceMemory<'a> {
     /// Uses `bytes` as guest memory: guest address `a` is `bytes[a]`.
     pub fn new(bytes: &'a mut [u8]) -> Self {
-        SliceMemory { ptr: bytes.as_mut_ptr(), len: bytes.len(), _bytes: PhantomData }
+        SliceMemory {
+            ptr: bytes.as_mut_ptr(),
+            len: bytes.len(),
+            _bytes: PhantomData,
+        }
     }
 
     /// Uses raw memory as guest memory.
@@ -70,7 +78,11 @@ impl<'a> SliceMemory<'a> {
     /// `ptr..ptr + len` must be valid for reads and writes for `'a`, and may only be
     /// accessed by others through volatile or atomic operations meanwhile.
     pub unsafe fn from_raw(ptr: *mut u8, len: usize) -> Self {
-        SliceMemory { ptr, len, _bytes: PhantomData }
+        SliceMemory {
+            ptr,
+            len,
+            _bytes: PhantomData,
+        }
     }
 
     /// Size of the memory in bytes.
@@ -84,7 +96,10 @@ impl<'a> SliceMemory<'a> {
     }
 
     fn offset(&self, addr: u64, len: usize) -> Result<usize, MemoryError> {
-        let err = MemoryError { addr, len: len as u64 };
+        let err = MemoryError {
+            addr,
+            len: len as u64,
+        };
         if !self.check_range(addr, len as u64) {
             return Err(err);
         }

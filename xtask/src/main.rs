@@ -1,1 +1,258 @@
-fn main() {}
+//! `cargo xtask <command>`: see `usage()`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use xtask::bench;
+use xtask::guest::build_guest;
+use xtask::report::GuestReport;
+use xtask::runner::{ensure_image, qemu_binary, run_guest, Peer, RunOutput};
+
+const DISK_SIZE: u64 = 256 << 20;
+const DISK_SERIAL: &str = "xtask-disk0";
+
+fn usage() -> &'static str {
+    "usage: cargo xtask <command>
+
+commands:
+  run [--io-mode vcpu|iothread|dataplane|workers] [--completion poll|irq] [--secs N]
+        build the guest and the VMM, boot the guest with a virtio-blk disk
+        (target/xtask/disk.img), run its self-tests and a benchmark, print a summary
+  crosscheck [--completion poll|irq]
+        run the same guest under QEMU (q35, virtio-blk-pci) as the reference device
+  bench [--quick] [--systems a,b,...]
+        the talk's experiment: bare metal (fio and our runner), each VMM io mode and QEMU,
+        same image and workloads; table, target/bench/results.json, target/bench/chart.svg
+  test  the project's test suite: cargo test --workspace, clippy, crosscheck, bench --quick"
+}
+
+struct Options {
+    io_mode: Option<String>,
+    completion: String,
+    secs: u32,
+    quick: bool,
+    systems: Option<Vec<String>>,
+}
+
+fn parse_options(args: &[String]) -> Result<Options, String> {
+    let mut opts = Options { io_mode: None, completion: "poll".into(), secs: 3, quick: false, systems: None };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().cloned().ok_or_else(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--io-mode" => opts.io_mode = Some(value()?),
+            "--completion" => {
+                opts.completion = value()?;
+                if !matches!(opts.completion.as_str(), "poll" | "irq") {
+                    return Err(format!("--completion must be poll or irq, not {}", opts.completion));
+                }
+            }
+            "--secs" => opts.secs = value()?.parse().map_err(|_| "--secs needs a whole number of seconds".to_string())?,
+            "--quick" => opts.quick = true,
+            "--systems" => opts.systems = Some(value()?.split(',').map(str::to_string).collect()),
+            other => return Err(format!("unknown option {other}\n\n{}", usage())),
+        }
+    }
+    Ok(opts)
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn cargo(root: &Path, args: &[&str]) -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .current_dir(root)
+        .args(args)
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`cargo {}` failed ({status})", args.join(" ")))
+    }
+}
+
+fn build_vmm(root: &Path) -> Result<PathBuf, String> {
+    cargo(root, &["build", "--release", "-p", "vmm"])?;
+    Ok(root.join("target/release/vmm"))
+}
+
+fn guest_cmdline(opts: &Options, bench: bool) -> String {
+    let mut line = format!("tests=all serial={DISK_SERIAL} completion={}", opts.completion);
+    if bench {
+        line.push_str(&format!(" bench=randread bs=4096 qd=1 secs={}", opts.secs));
+    }
+    line
+}
+
+fn summarize(what: &str, out: &RunOutput) -> bool {
+    let report = GuestReport::parse(&out.stdout);
+    println!();
+    println!("== {what}: {} tests passed, {} failed ({:.1} s)", report.passed(), report.failed().count(), out.elapsed.as_secs_f64());
+    for t in report.failed() {
+        println!("   FAIL {}: {}", t.name, t.failure.as_deref().unwrap_or(""));
+    }
+    for r in &report.results {
+        match serde_json::from_str::<serde_json::Value>(r) {
+            Ok(v) => println!(
+                "   bench {} bs={} qd={}: {:.0} IOPS, {:.1} MiB/s, latency p50 {:.1} us, p99 {:.1} us, max {:.1} us",
+                v["workload"].as_str().unwrap_or("?"),
+                v["bs"],
+                v["qd"],
+                v["iops"].as_f64().unwrap_or(0.0),
+                v["mib_s"].as_f64().unwrap_or(0.0),
+                v["lat_p50_us"].as_f64().unwrap_or(0.0),
+                v["lat_p99_us"].as_f64().unwrap_or(0.0),
+                v["lat_max_us"].as_f64().unwrap_or(0.0),
+            ),
+            Err(e) => println!("   unreadable RESULT line ({e}): {r}"),
+        }
+    }
+    let ok = out.guest_code == Some(0) && report.failed().count() == 0 && !report.tests.is_empty();
+    match out.guest_code {
+        Some(0) if ok => println!("== {what}: OK"),
+        Some(code) => println!("== {what}: FAILED (guest exit code {code})"),
+        None => println!("== {what}: FAILED (no guest exit code: crashed, killed or timed out)"),
+    }
+    ok
+}
+
+fn cmd_run(opts: &Options) -> Result<bool, String> {
+    let root = root();
+    let guest = build_guest(&root)?;
+    let vmm = build_vmm(&root)?;
+    let disk = root.join("target/xtask/disk.img");
+    ensure_image(&disk, DISK_SIZE)?;
+    let mut cmd = Command::new(&vmm);
+    cmd.arg("--kernel").arg(&guest).args(["--memory", "256M", "--cmdline", &guest_cmdline(opts, true)]);
+    cmd.arg("--disk").arg(format!("path={},serial={DISK_SERIAL}", disk.display()));
+    if let Some(mode) = &opts.io_mode {
+        cmd.args(["--io-mode", mode]);
+    }
+    println!("== booting {} in {}", guest.display(), vmm.display());
+    let out = run_guest(cmd, Peer::Vmm, Duration::from_secs(600), true)?;
+    Ok(summarize("vmm", &out))
+}
+
+fn cmd_crosscheck(opts: &Options) -> Result<bool, String> {
+    let qemu = qemu_binary()?;
+    let root = root();
+    let guest = build_guest(&root)?;
+    let disk = root.join("target/xtask/crosscheck.img");
+    ensure_image(&disk, 64 << 20)?;
+    let mut cmd = Command::new(qemu);
+    cmd.args(["-M", "q35", "-enable-kvm", "-cpu", "host,-arch-capabilities", "-m", "256"])
+        .args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
+        .arg("-kernel")
+        .arg(&guest)
+        .arg("-append")
+        .arg(guest_cmdline(opts, true).replace("secs=3", "secs=1"))
+        .args(["-object", "iothread,id=io0", "-drive"])
+        .arg(format!("file={},if=none,id=d0,format=raw,cache=none,aio=io_uring", disk.display()))
+        .args(["-device", &format!("virtio-blk-pci,drive=d0,iothread=io0,serial={DISK_SERIAL},disable-legacy=on")]);
+    println!("== booting {} in QEMU (q35, virtio-blk-pci)", guest.display());
+    let out = run_guest(cmd, Peer::Qemu, Duration::from_secs(600), true)?;
+    Ok(summarize("qemu", &out))
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+fn cmd_bench(opts: &Options) -> Result<bool, String> {
+    let root = root();
+    let systems: Vec<&'static str> = match &opts.systems {
+        None => bench::SYSTEMS.to_vec(),
+        Some(list) => list
+            .iter()
+            .map(|s| bench::SYSTEMS.iter().copied().find(|k| k == s).ok_or_else(|| format!("unknown system {s}; known: {}", bench::SYSTEMS.join(","))))
+            .collect::<Result<_, _>>()?,
+    };
+    let (secs, repeats, size) = if opts.quick { (1, 1, 256u64 << 20) } else { (5, 3, 1u64 << 30) };
+    let out_dir = root.join("target/bench");
+    let setup = bench::Setup {
+        guest: build_guest(&root)?,
+        vmm: build_vmm(&root)?,
+        qemu: qemu_binary().ok(),
+        fio: which("fio"),
+        disk_image: out_dir.join("bench.img"),
+        shm_image: PathBuf::from(format!("/dev/shm/vmm-bench-{}.img", std::process::id())),
+        secs,
+        repeats,
+        systems,
+    };
+    ensure_image(&setup.disk_image, size)?;
+    ensure_image(&setup.shm_image, 256 << 20)?;
+    println!("== bench: {} workloads x {} systems x {repeats} repeats, {secs} s each", bench::CASES.len(), setup.systems.len());
+    let results = bench::run_all(&setup);
+    let _ = std::fs::remove_file(&setup.shm_image);
+    println!("{}", bench::table(&results));
+    let json = serde_json::to_string_pretty(&bench::to_json(&results)).map_err(|e| e.to_string())?;
+    std::fs::write(out_dir.join("results.json"), json).map_err(|e| format!("cannot write results.json: {e}"))?;
+    std::fs::write(out_dir.join("chart.svg"), bench::chart_svg(&results)).map_err(|e| format!("cannot write chart.svg: {e}"))?;
+    println!("wrote {} and {}", out_dir.join("results.json").display(), out_dir.join("chart.svg").display());
+    // Every VMM system asked for must have produced figures.
+    let missing: Vec<_> = setup.systems.iter().filter(|s| s.starts_with("vmm-") && results.skipped.contains_key(**s)).collect();
+    if !missing.is_empty() {
+        println!("== bench: FAILED, no figures from {missing:?}");
+    }
+    Ok(missing.is_empty())
+}
+
+fn cmd_test() -> Result<bool, String> {
+    let root = root();
+    cargo(&root, &["test", "--workspace"])?;
+    cargo(&root, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    let mut ok = true;
+    for completion in ["poll", "irq"] {
+        let opts = Options { io_mode: None, completion: completion.into(), secs: 1, quick: false, systems: None };
+        ok &= cmd_crosscheck(&opts)?;
+    }
+    // The benchmark itself must not rot: a short run of our VMM's io modes.
+    let vmm_modes = bench::SYSTEMS.iter().filter(|s| s.starts_with("vmm-")).map(|s| s.to_string()).collect();
+    let opts = Options { io_mode: None, completion: "poll".into(), secs: 1, quick: true, systems: Some(vmm_modes) };
+    ok &= cmd_bench(&opts)?;
+    Ok(ok)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        eprintln!("{}", usage());
+        return ExitCode::from(2);
+    };
+    let opts = match parse_options(rest) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match command.as_str() {
+        "run" => cmd_run(&opts),
+        "crosscheck" => cmd_crosscheck(&opts),
+        "test" => cmd_test(),
+        "bench" => cmd_bench(&opts),
+        "help" | "--help" | "-h" => {
+            println!("{}", usage());
+            return ExitCode::SUCCESS;
+        }
+        other => {
+            eprintln!("xtask: unknown command {other}\n\n{}", usage());
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The test application, run in ring 3: find the virtio-blk disk, run the self-tests, run
+//! the benchmark.
+
+mod bench;
+mod blk;
+mod dma;
+mod foreign;
+mod memory;
+mod mmio;
+mod pci;
+mod pipeline;
+mod report;
+mod tests;
+mod virtio_pci;
+
+use guest_test_kernel::pattern::mix64;
+use guest_test_kernel::{Completion, Options};
+
+use blk::{Blk, MAX_QUEUES};
+use pci::{Bdf, PortCam, Show};
+use virtio_pci::{VirtioPci, VIRTIO_BLK_MODERN, VIRTIO_BLK_TRANSITIONAL, VIRTIO_VENDOR};
+
+/// Runs the tests and the benchmark the command line asks for; returns the exit code: 0 if
+/// every test passed and the benchmark (if asked for) ran, 1 otherwise.
+pub fn run(info: &crate::BootInfo) -> u32 {
+    let opts = Options::parse(info.cmdline);
+    for problem in Options::problems(info.cmdline) {
+        crate::println!("warning: {problem}");
+    }
+    dma::init(info.free_mem_start, info.free_mem_end);
+    let seed = opts
+        .seed
+        .unwrap_or_else(|| mix64(crate::arch::tsc::rdtsc()));
+    crate::println!("# seed={seed:#x} completion={}", opts.completion.name());
+
+    let cam = PortCam;
+    let Some(bdf) = find_disk(cam) else {
+        crate::println!(
+            "no virtio-blk device (1af4:1042, or 1af4:1001 with modern capabilities) found"
+        );
+        return 1;
+    };
+    if let Err(e) = cam.place_bars_below_4g(bdf) {
+        crate::println!("virtio-blk {}: {e}", Show(bdf));
+        return 1;
+    }
+    if opts.completion == Completion::Irq {
+        crate::arch::irq::enable();
+    }
+    let mut blk = match Blk::init(
+        cam,
+        bdf,
+        info.free_mem_end,
+        opts.completion,
+        MAX_QUEUES,
+        false,
+    ) {
+        Ok(b) => b,
+        Err(e) => {
+            crate::println!("virtio-blk {}: init failed: {e}", Show(bdf));
+            return 1;
+        }
+    };
+
+    let env = tests::Env {
+        cam,
+        bdf,
+        ram_end: info.free_mem_end,
+        opts: &opts,
+        seed,
+    };
+    let tally = tests::run_all(&mut blk, &env);
+    crate::println!("TESTS passed={} failed={}", tally.passed, tally.failed);
+    print_interrupts(&blk);
+    let mut ok = tally.failed == 0;
+
+    if let Some(workload) = opts.bench {
+        let mark = dma::mark();
+        if let Err(why) = bench::run(&mut blk, &opts, workload, seed, info.tsc_hz) {
+            crate::println!("BENCH FAIL {}", why.as_str());
+            ok = false;
+        }
+        dma::release(mark);
+    }
+    print_interrupts(&blk);
+    crate::arch::irq::disable();
+    if let Err(e) = blk.reset() {
+        crate::println!("virtio-blk {}: final reset: {e}", Show(bdf));
+    }
+    u32::from(!ok)
+}
+
+/// The first virtio-blk function: modern, or transitional with the modern capabilities.
+fn find_disk(cam: PortCam) -> Option<Bdf> {
+    let mut found = None;
+    cam.for_each_function(0, &mut |bdf, vendor, device| {
+        if found.is_some() || vendor != VIRTIO_VENDOR {
+            return;
+        }
+        let modern = device == VIRTIO_BLK_MODERN
+            || (device == VIRTIO_BLK_TRANSITIONAL
+                && cam.place_bars_below_4g(bdf).is_ok()
+                && VirtioPci::probe(cam, bdf).is_ok());
+        if modern {
+            crate::println!("pci {}: virtio-blk {vendor:04x}:{device:04x}", Show(bdf));
+            found = Some(bdf);
+        }
+    });
+    found
+}
+
+/// Shows how many interrupts each queue raised: about one per wait in irq mode, none when
+/// polling (suppressed through `used_event` / `VIRTQ_AVAIL_F_NO_INTERRUPT`).
+fn print_interrupts(blk: &Blk) {
+    for q in 0..blk.num_queues() {
+        let vector = blk::VECTOR_BASE + q as u8;
+        let n = crate::arch::irq::count(vector);
+        crate::println!("# queue {q}: {n} interrupts on vector {vector:#x} so far");
+    }
+}

@@ -1,0 +1,303 @@
+//! The guest's command line: `key=value` words separated by spaces.
+//!
+//! Unknown keys and malformed values never stop the guest: [`Options::parse`] keeps the default
+//! for them and [`Options::problems`] lists them so the guest can print a warning.
+
+use core::fmt;
+
+/// Which self-tests to run (`tests=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tests<'a> {
+    /// `tests=all`.
+    All,
+    /// `tests=none`.
+    None,
+    /// `tests=a,b,c`: only the named tests.
+    List(&'a str),
+}
+
+/// How the guest learns that requests completed (`completion=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// Spin on the used ring in ring 3; device interrupts suppressed.
+    Poll,
+    /// Wait for an MSI-X interrupt before looking at the used ring.
+    Irq,
+}
+
+impl Completion {
+    /// The word used on the command line and in the `RESULT` line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Completion::Poll => "poll",
+            Completion::Irq => "irq",
+        }
+    }
+}
+
+/// The benchmark workload (`bench=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// Random-offset reads.
+    RandRead,
+    /// Random-offset writes.
+    RandWrite,
+    /// Sequential reads, wrapping at the end of the disk.
+    SeqRead,
+    /// Sequential writes, wrapping at the end of the disk.
+    SeqWrite,
+}
+
+impl Workload {
+    /// The word used on the command line and in the `RESULT` line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Workload::RandRead => "randread",
+            Workload::RandWrite => "randwrite",
+            Workload::SeqRead => "seqread",
+            Workload::SeqWrite => "seqwrite",
+        }
+    }
+
+    /// Whether the workload writes the disk.
+    pub const fn is_write(self) -> bool {
+        matches!(self, Workload::RandWrite | Workload::SeqWrite)
+    }
+
+    /// Whether offsets are random (otherwise sequential).
+    pub const fn is_random(self) -> bool {
+        matches!(self, Workload::RandRead | Workload::RandWrite)
+    }
+
+    fn from_name(s: &str) -> Option<Self> {
+        [
+            Workload::RandRead,
+            Workload::RandWrite,
+            Workload::SeqRead,
+            Workload::SeqWrite,
+        ]
+        .into_iter()
+        .find(|w| w.name() == s)
+    }
+}
+
+/// A word of the command line that was not understood.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptionsError<'a> {
+    /// The key is not one of ours (it may belong to someone else, e.g. `console=`).
+    UnknownKey(&'a str),
+    /// The key is ours but its value is not valid; the default is kept.
+    BadValue {
+        /// The key.
+        key: &'a str,
+        /// The value that was refused.
+        value: &'a str,
+    },
+}
+
+impl fmt::Display for OptionsError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OptionsError::UnknownKey(k) => write!(f, "unknown option `{k}` ignored"),
+            OptionsError::BadValue { key, value } => {
+                write!(f, "bad value `{value}` for `{key}`, default kept")
+            }
+        }
+    }
+}
+
+impl core::error::Error for OptionsError<'_> {}
+
+/// Everything the command line can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options<'a> {
+    /// Which self-tests to run.
+    pub tests: Tests<'a>,
+    /// Benchmark to run after the tests, if any.
+    pub bench: Option<Workload>,
+    /// Benchmark request size in bytes (a multiple of 512).
+    pub bs: u32,
+    /// Benchmark requests kept in flight.
+    pub qd: u32,
+    /// Benchmark duration in seconds.
+    pub secs: u32,
+    /// Completion mode for tests and benchmark.
+    pub completion: Completion,
+    /// The disk's expected device ID (`GET_ID`), if given.
+    pub serial: Option<&'a str>,
+    /// Whether the disk must be read-only (`expect_ro=1`).
+    pub expect_ro: bool,
+    /// Seed of the data patterns and random offsets; `None` means "derive one at run time".
+    pub seed: Option<u64>,
+}
+
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Options {
+            tests: Tests::All,
+            bench: None,
+            bs: 4096,
+            qd: 32,
+            secs: 3,
+            completion: Completion::Poll,
+            serial: None,
+            expect_ro: false,
+            seed: None,
+        }
+    }
+}
+
+impl<'a> Options<'a> {
+    /// Parses `cmdline`, keeping the default for anything not understood.
+    pub fn parse(cmdline: &'a str) -> Self {
+        let mut o = Options::default();
+        for word in cmdline.split_ascii_whitespace() {
+            // Problems are reported by `problems`; here they only mean "keep the default".
+            let _ = o.apply(word);
+        }
+        o
+    }
+
+    /// The words of `cmdline` that [`Options::parse`] ignored, with the reason.
+    pub fn problems(cmdline: &'a str) -> impl Iterator<Item = OptionsError<'a>> + 'a {
+        let mut scratch = Options::default();
+        cmdline
+            .split_ascii_whitespace()
+            .filter_map(move |w| scratch.apply(w).err())
+    }
+
+    /// Whether the self-test called `name` is selected.
+    pub fn test_enabled(&self, name: &str) -> bool {
+        match self.tests {
+            Tests::All => true,
+            Tests::None => false,
+            Tests::List(list) => list.split(',').any(|t| t == name),
+        }
+    }
+
+    fn apply(&mut self, word: &'a str) -> Result<(), OptionsError<'a>> {
+        let (key, value) = word.split_once('=').unwrap_or((word, ""));
+        let bad = OptionsError::BadValue { key, value };
+        match key {
+            "tests" => {
+                self.tests = match value {
+                    "all" => Tests::All,
+                    "none" | "" => Tests::None,
+                    list => Tests::List(list),
+                }
+            }
+            "bench" => {
+                self.bench = match value {
+                    "none" | "" => None,
+                    v => Some(Workload::from_name(v).ok_or(bad)?),
+                }
+            }
+            "bs" => {
+                self.bs = parse_u64(value)
+                    .and_then(|v| u32::try_from(v).ok())
+                    .filter(|v| *v >= 512 && v % 512 == 0)
+                    .ok_or(bad)?
+            }
+            "qd" => self.qd = parse_u32_nonzero(value).ok_or(bad)?,
+            "secs" => self.secs = parse_u32_nonzero(value).ok_or(bad)?,
+            "completion" => {
+                self.completion = match value {
+                    "poll" => Completion::Poll,
+                    "irq" => Completion::Irq,
+                    _ => return Err(bad),
+                }
+            }
+            "serial" => self.serial = Some(value),
+            "expect_ro" => {
+                self.expect_ro = match value {
+                    "0" => false,
+                    "1" => true,
+                    _ => return Err(bad),
+                }
+            }
+            "seed" => self.seed = Some(parse_u64(value).ok_or(bad)?),
+            _ => return Err(OptionsError::UnknownKey(key)),
+        }
+        Ok(())
+    }
+}
+
+fn parse_u32_nonzero(s: &str) -> Option<u32> {
+    parse_u64(s)
+        .and_then(|v| u32::try_from(v).ok())
+        .filter(|v| *v > 0)
+}
+
+/// Decimal, or hexadecimal with `0x`; an optional `k`/`m` suffix multiplies by 1024/1024².
+fn parse_u64(s: &str) -> Option<u64> {
+    let (digits, mult) = match s.as_bytes().last()? {
+        b'k' | b'K' => (&s[..s.len() - 1], 1024),
+        b'm' | b'M' => (&s[..s.len() - 1], 1024 * 1024),
+        _ => (s, 1),
+    };
+    let v = match digits.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok()?,
+        None => digits.parse::<u64>().ok()?,
+    };
+    v.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_for_empty_cmdline() {
+        assert_eq!(Options::parse(""), Options::default());
+        assert_eq!(Options::problems("").count(), 0);
+    }
+
+    #[test]
+    fn parses_every_key() {
+        let o = Options::parse(
+            "tests=flush,get_id bench=seqwrite bs=64k qd=128 secs=10 completion=irq \
+             serial=abc expect_ro=1 seed=0x10",
+        );
+        assert_eq!(o.tests, Tests::List("flush,get_id"));
+        assert!(o.test_enabled("flush") && o.test_enabled("get_id") && !o.test_enabled("fl"));
+        assert_eq!(o.bench, Some(Workload::SeqWrite));
+        assert_eq!((o.bs, o.qd, o.secs), (65536, 128, 10));
+        assert_eq!(o.completion, Completion::Irq);
+        assert_eq!(o.serial, Some("abc"));
+        assert!(o.expect_ro);
+        assert_eq!(o.seed, Some(16));
+    }
+
+    #[test]
+    fn tests_none_disables_all() {
+        let o = Options::parse("tests=none");
+        assert!(!o.test_enabled("flush"));
+        assert!(Options::parse("tests=all").test_enabled("anything"));
+    }
+
+    #[test]
+    fn bad_values_keep_defaults_and_are_reported() {
+        let line =
+            "bs=100 qd=0 secs=x completion=maybe expect_ro=2 bench=fast seed=zz console=ttyS0";
+        let o = Options::parse(line);
+        assert_eq!(o, Options::default());
+        let problems: std::vec::Vec<_> = Options::problems(line).collect();
+        assert_eq!(problems.len(), 8);
+        assert_eq!(problems[7], OptionsError::UnknownKey("console"));
+        assert_eq!(
+            problems[0],
+            OptionsError::BadValue {
+                key: "bs",
+                value: "100"
+            }
+        );
+    }
+
+    #[test]
+    fn number_suffixes_do_not_overflow() {
+        assert_eq!(parse_u64("1m"), Some(1 << 20));
+        assert_eq!(parse_u64("18446744073709551615k"), None);
+        assert_eq!(parse_u64("k"), None);
+        assert_eq!(parse_u64(""), None);
+    }
+}

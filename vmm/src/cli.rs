@@ -1,0 +1,144 @@
+//! The command line, in Cloud Hypervisor's style, turned into a [`VmConfig`].
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::config::{parse_memory, ConfigError, DiskConfig, IoMode, VmConfig};
+
+/// `vmm --kernel PATH [--cmdline STR] [--memory 256M] [--cpus 1] [--disk path=IMG,...]...`
+#[derive(Debug, Parser)]
+#[command(
+    name = "vmm",
+    version,
+    about = "A KVM VMM for a PVH guest with virtio-blk-pci disks"
+)]
+pub struct Cli {
+    /// ELF64 kernel with a Xen PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+    /// Kernel command line.
+    #[arg(long, value_name = "STR", default_value = "")]
+    pub cmdline: String,
+    /// Guest RAM: bytes, or a number with a K, M or G suffix; at least 16M.
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    pub memory: String,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=254))]
+    pub cpus: u8,
+    /// A virtio-blk disk, as comma-separated key=value items: path=PATH (required),
+    /// readonly=on|off, direct=on|off, engine=sync|io_uring, queues=N, queue-size=N (a power of
+    /// two up to 256), serial=STR (up to 20 bytes). Repeat for more disks.
+    #[arg(long, value_name = "path=PATH,...")]
+    pub disk: Vec<String>,
+    /// Which host threads serve the disks' queues.
+    #[arg(long, value_enum, default_value = "workers")]
+    pub io_mode: IoMode,
+    /// How long a polling thread spins before sleeping, in microseconds.
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub poll_us: u32,
+}
+
+impl Cli {
+    /// Validates the option values and the files they name.
+    pub fn into_config(self) -> Result<VmConfig, ConfigError> {
+        let disks = self
+            .disk
+            .iter()
+            .map(|d| DiskConfig::parse(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        let config = VmConfig {
+            kernel: self.kernel,
+            cmdline: self.cmdline,
+            memory_bytes: parse_memory(&self.memory)?,
+            cpus: self.cpus,
+            disks,
+            io_mode: self.io_mode,
+            poll_us: self.poll_us,
+        };
+        config.check()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("vmm").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults() {
+        let cli = parse(&["--kernel", "k"]).unwrap();
+        assert_eq!(cli.memory, "256M");
+        assert_eq!(cli.cpus, 1);
+        assert_eq!(cli.io_mode, IoMode::Workers);
+        assert_eq!(cli.poll_us, 50);
+        assert!(cli.disk.is_empty());
+    }
+
+    #[test]
+    fn repeated_disks_and_modes() {
+        let cli = parse(&[
+            "--kernel",
+            "k",
+            "--disk",
+            "path=a",
+            "--disk",
+            "path=b,queues=2",
+            "--io-mode",
+            "dataplane",
+            "--poll-us",
+            "0",
+            "--cpus",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(cli.disk, ["path=a", "path=b,queues=2"]);
+        assert_eq!(cli.io_mode, IoMode::Dataplane);
+        assert_eq!((cli.poll_us, cli.cpus), (0, 2));
+    }
+
+    #[test]
+    fn usage_errors_come_from_clap() {
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--kernel", "k", "--cpus", "0"]).is_err());
+        assert!(parse(&["--kernel", "k", "--io-mode", "turbo"]).is_err());
+    }
+
+    #[test]
+    fn into_config_reports_missing_kernel() {
+        let e = parse(&["--kernel", "/nonexistent/kernel"])
+            .unwrap()
+            .into_config()
+            .unwrap_err();
+        assert!(matches!(e, ConfigError::File { what: "kernel", .. }), "{e}");
+    }
+
+    #[test]
+    fn into_config_builds_disks() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("k");
+        let img = dir.path().join("d.img");
+        std::fs::write(&kernel, b"x").unwrap();
+        std::fs::write(&img, [0u8; 512]).unwrap();
+        let cfg = parse(&[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--memory",
+            "1G",
+            "--disk",
+            &format!("path={},readonly=on", img.display()),
+        ])
+        .unwrap()
+        .into_config()
+        .unwrap();
+        assert_eq!(cfg.memory_bytes, 1 << 30);
+        assert_eq!(cfg.disks.len(), 1);
+        assert!(cfg.disks[0].readonly);
+        assert_eq!(cfg.disks[0].serial, "d");
+    }
+}

@@ -1,0 +1,106 @@
+//! End to end: boot the real test guest in the VMM and require every self-test to pass.
+//!
+//! These tests need /dev/kvm and fail (never skip) without it.
+
+#[path = "../../xtask/src/guest.rs"]
+#[allow(dead_code)]
+mod guest;
+#[path = "../../xtask/src/report.rs"]
+#[allow(dead_code)]
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use report::GuestReport;
+
+const SERIAL: &str = "e2e-disk";
+
+fn require_kvm() {
+    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        panic!("these tests boot a VM and need read-write access to /dev/kvm: {e}");
+    }
+}
+
+fn guest_elf() -> &'static Path {
+    static ELF: OnceLock<PathBuf> = OnceLock::new();
+    ELF.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        guest::build_guest(root).unwrap_or_else(|e| panic!("{e}"))
+    })
+}
+
+fn temp_image(name: &str, size: u64) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vmm-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    let data: Vec<u8> = (0..size).map(|i| (i.wrapping_mul(31) >> 3) as u8).collect();
+    std::fs::write(&path, data).unwrap();
+    path
+}
+
+/// Boots the guest and returns its serial output and the VMM's exit status.
+fn boot(disk_opts: &str, cmdline: &str) -> (String, Option<i32>) {
+    require_kvm();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .arg("--kernel")
+        .arg(guest_elf())
+        .args(["--memory", "256M", "--cmdline", cmdline, "--disk", disk_opts])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start vmm");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        if start.elapsed() > Duration::from_secs(300) {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    (String::from_utf8_lossy(&out.stdout).into_owned(), status)
+}
+
+fn assert_all_pass(out: &str, status: Option<i32>) -> GuestReport {
+    let report = GuestReport::parse(out);
+    let failed: Vec<_> = report.failed().map(|t| format!("{}: {}", t.name, t.failure.as_deref().unwrap_or(""))).collect();
+    assert!(failed.is_empty(), "guest tests failed: {failed:#?}\n--- output ---\n{out}");
+    assert!(report.passed() >= 5, "too few tests ran ({}):\n{out}", report.passed());
+    assert_eq!(status, Some(0), "guest did not exit cleanly:\n{out}");
+    report
+}
+
+fn run_suite(completion: &str) {
+    let img = temp_image(&format!("rw-{completion}.img"), 32 << 20);
+    let (out, status) = boot(&format!("path={},serial={SERIAL}", img.display()), &format!("tests=all serial={SERIAL} completion={completion}"));
+    let report = assert_all_pass(&out, status);
+    for name in ["get_id", "flush", "out_of_range", "virtio_drivers", "queue_depth", "indirect"] {
+        assert!(report.tests.iter().any(|t| t.name == name), "test {name} did not run:\n{out}");
+    }
+}
+
+#[test]
+fn all_tests_pass_with_polled_completions() {
+    run_suite("poll");
+}
+
+#[test]
+fn all_tests_pass_with_interrupt_completions() {
+    run_suite("irq");
+}
+
+#[test]
+fn read_only_disk_refuses_writes_and_keeps_data() {
+    let img = temp_image("ro.img", 8 << 20);
+    let before = std::fs::read(&img).unwrap();
+    let (out, status) = boot(&format!("path={},readonly=on,serial={SERIAL}", img.display()), &format!("tests=all serial={SERIAL} expect_ro=1"));
+    assert_all_pass(&out, status);
+    assert!(std::fs::read(&img).unwrap() == before, "read-only image changed");
+}

@@ -1,0 +1,32 @@
+//! Building the freestanding test guest. Shared by xtask and the VMM's end-to-end tests
+//! (included there with `#[path]`), so both boot exactly the same ELF.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Flags the guest needs on every crate it links: no red zone (interrupts run on the same
+/// stack), static relocation (no loader), abort on panic (no unwinder).
+pub const GUEST_RUSTFLAGS: &str = "-C relocation-model=static -C no-redzone=yes -C panic=abort";
+
+/// The host target, named explicitly so RUSTFLAGS reach only the guest and not build
+/// scripts or proc macros.
+pub const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// Builds the guest ELF (release) into `<root>/target/guest` and returns its path.
+pub fn build_guest(root: &Path) -> Result<PathBuf, String> {
+    let target_dir = root.join("target").join("guest");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(root)
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("RUSTFLAGS", GUEST_RUSTFLAGS)
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .args(["build", "--release", "-p", "guest-test-kernel", "--features", "guest"])
+        .args(["--target", GUEST_TARGET])
+        .status()
+        .map_err(|e| format!("cannot run cargo to build the guest: {e}"))?;
+    if !status.success() {
+        return Err(format!("building the guest failed ({status})"));
+    }
+    Ok(target_dir.join(GUEST_TARGET).join("release").join("guest-test-kernel"))
+}
