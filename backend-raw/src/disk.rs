@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::engine_sync::{Executor, SyncEngine};
 use crate::engine_uring::UringEngine;
-use crate::{Engine, EngineKind, Error, MAX_DEPTH};
+use crate::{with_faults, Engine, EngineKind, Error, FaultSpec, MAX_DEPTH};
 
 /// `_IOR(0x12, 114, size_t)`: size of a block device in bytes (not in the libc crate).
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
@@ -197,6 +197,18 @@ impl Disk {
             }
             other => other.map(|engine| (engine, None)),
         }
+    }
+
+    /// Like [`Disk::engine_or_sync`], then wrapped in a [`FaultEngine`](crate::FaultEngine)
+    /// when `faults` is given (see [`with_faults`]).
+    pub fn engine_with_faults(
+        &self,
+        kind: EngineKind,
+        depth: usize,
+        faults: Option<&FaultSpec>,
+    ) -> Result<(Box<dyn Engine>, Option<Error>), Error> {
+        let (engine, fallback) = self.engine_or_sync(kind, depth)?;
+        Ok((with_faults(engine, faults), fallback))
     }
 
     /// A blocking executor with its own descriptors, the core of every engine.

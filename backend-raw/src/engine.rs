@@ -158,7 +158,9 @@ pub trait Engine: Send {
 
     /// An eventfd that becomes readable when completions are available, for epoll.
     ///
-    /// `None` for engines that complete inside `submit`.
+    /// `None` for engines that complete inside `submit`. Adding to its counter is allowed and
+    /// only wakes the reader: wrappers such as [`FaultEngine`](crate::FaultEngine) signal
+    /// completions of their own through it.
     fn completion_fd(&self) -> Option<RawFd>;
 
     /// Clears the readiness of [`completion_fd`](Engine::completion_fd); call it after epoll

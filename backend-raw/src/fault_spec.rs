@@ -167,9 +167,9 @@ impl FaultSpec {
         let valid = |r: &FaultRule| {
             r.every > 0
                 && (1..=MAX_ERRNO).contains(&r.errno)
-                && r.range.as_ref().is_none_or(|range| {
-                    range.start < range.end && r.op != FaultOp::Flush
-                })
+                && r.range
+                    .as_ref()
+                    .is_none_or(|range| range.start < range.end && r.op != FaultOp::Flush)
         };
         (!rules.is_empty() && rules.iter().all(valid)).then_some(FaultSpec { rules })
     }
@@ -295,7 +295,10 @@ fn parse_rule(rule: &str) -> Result<FaultRule, FaultSpecError> {
         rule: owned(),
         errno: errno.to_string(),
     })?;
-    let (target, conditions) = rest.split_once(':').unwrap_or((rest, ""));
+    let (target, conditions) = match rest.split_once(':') {
+        Some((target, conditions)) => (target, Some(conditions)),
+        None => (rest, None),
+    };
     let mut parsed = FaultRule {
         errno,
         op: FaultOp::Any,
@@ -318,7 +321,7 @@ fn parse_rule(rule: &str) -> Result<FaultRule, FaultSpecError> {
     if target.starts_with("offset=") {
         seen.push("offset");
     }
-    for condition in conditions.split(',').filter(|c| !c.is_empty() || rest.ends_with(':')) {
+    for condition in conditions.into_iter().flat_map(|c| c.split(',')) {
         let name = condition.split_once('=').map_or(condition, |(n, _)| n);
         if seen.contains(&name) {
             return Err(FaultSpecError::Repeated {

@@ -7,7 +7,8 @@
 //! with one system call, reap [`Completion`]s tagged with the caller's `user_data`, sleep in
 //! epoll on an eventfd. Two engines implement it: `sync` (`preadv`/`pwritev` in the calling
 //! thread) and `io_uring`. With `O_DIRECT`, unaligned requests go through pooled, aligned
-//! bounce buffers.
+//! bounce buffers. [`FaultEngine`] wraps either and fails the requests a [`FaultSpec`]
+//! (`eio@read`, `enospc@write:after=100`, ...) chooses, to test failing disks.
 //!
 //! ```
 //! use backend_raw::{Disk, DiskOptions, EngineKind, IoOp};
@@ -34,12 +35,16 @@
 mod bounce;
 mod disk;
 mod engine;
+mod engine_fault;
 mod engine_sync;
 mod engine_uring;
 mod error;
+mod fault_spec;
 
 pub use disk::{DioAlignment, Disk, DiskOptions};
 pub use engine::{
     Completion, Engine, EngineKind, IoOp, ParseEngineKindError, MAX_DEPTH, MAX_IOVECS,
 };
+pub use engine_fault::{with_faults, FaultEngine};
 pub use error::Error;
+pub use fault_spec::{FaultOp, FaultRule, FaultSpec, FaultSpecError};

@@ -129,6 +129,8 @@ pub struct Options<'a> {
     pub expect_ro: bool,
     /// Seed of the data patterns and random offsets; `None` means "derive one at run time".
     pub seed: Option<u64>,
+    /// Run the soak workload for this many seconds (`soak=<secs>`) instead of the tests.
+    pub soak: Option<u32>,
 }
 
 impl Default for Options<'_> {
@@ -143,6 +145,7 @@ impl Default for Options<'_> {
             serial: None,
             expect_ro: false,
             seed: None,
+            soak: None,
         }
     }
 }
@@ -173,6 +176,12 @@ impl<'a> Options<'a> {
             Tests::None => false,
             Tests::List(list) => list.split(',').any(|t| t == name),
         }
+    }
+
+    /// Whether `name` is named explicitly in `tests=a,b,c` (modes such as `hostile` or
+    /// `durability` run only when asked for by name, never as part of `tests=all`).
+    pub fn test_listed(&self, name: &str) -> bool {
+        matches!(self.tests, Tests::List(list) if list.split(',').any(|t| t == name))
     }
 
     fn apply(&mut self, word: &'a str) -> Result<(), OptionsError<'a>> {
@@ -216,6 +225,7 @@ impl<'a> Options<'a> {
                 }
             }
             "seed" => self.seed = Some(parse_u64(value).ok_or(bad)?),
+            "soak" => self.soak = Some(parse_u32_nonzero(value).ok_or(bad)?),
             _ => return Err(OptionsError::UnknownKey(key)),
         }
         Ok(())
@@ -291,6 +301,15 @@ mod tests {
                 value: "100"
             }
         );
+    }
+
+    #[test]
+    fn modes_run_only_when_listed() {
+        let o = Options::parse("tests=hostile soak=30");
+        assert!(o.test_listed("hostile") && !o.test_listed("durability"));
+        assert!(!Options::parse("tests=all").test_listed("hostile"));
+        assert_eq!(o.soak, Some(30));
+        assert_eq!(Options::parse("soak=0").soak, None);
     }
 
     #[test]

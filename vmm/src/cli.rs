@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::config::{parse_memory, ConfigError, DiskConfig, IoMode, VmConfig};
+use crate::seccomp::SeccompMode;
 
 /// `vmm --kernel PATH [--cmdline STR] [--memory 256M] [--cpus 1] [--disk path=IMG,...]...`
 #[derive(Debug, Parser)]
@@ -35,9 +36,41 @@ pub struct Cli {
     /// Which host threads serve the disks' queues.
     #[arg(long, value_enum, default_value = "workers")]
     pub io_mode: IoMode,
-    /// How long a polling thread spins before sleeping, in microseconds.
-    #[arg(long, value_name = "N", default_value_t = 50)]
+    /// How long a polling thread (dataplane, workers) spins before sleeping, in
+    /// microseconds; the window adapts below this maximum. 0 never polls.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_POLL_US)]
     pub poll_us: u32,
+    /// Worker threads per disk with --io-mode workers.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_WORKERS,
+          value_parser = parse_workers)]
+    pub workers: usize,
+    /// Write a request trace (Chrome trace-event JSON) to PATH at exit.
+    #[arg(long, value_name = "PATH")]
+    pub trace: Option<PathBuf>,
+    /// Write the devices' metrics (JSON) to PATH at exit.
+    #[arg(long, value_name = "PATH")]
+    pub metrics: Option<PathBuf>,
+    /// Also rewrite the metrics file every SECS seconds while the guest runs (needs --metrics).
+    #[arg(long, value_name = "SECS", default_value_t = 0, requires = "metrics")]
+    pub metrics_interval: u64,
+    /// Confine every VMM thread to the system calls it needs (see docs/seccomp.md): `on`
+    /// kills the VMM on a violation, `log` only logs it, `off` installs no filter.
+    #[arg(long, value_enum, default_value_t = SeccompMode::On)]
+    pub seccomp: SeccompMode,
+}
+
+/// The default `--poll-us`; see [`crate::virtio_blk::handler::DEFAULT_POLL_US`].
+pub const DEFAULT_POLL_US: u32 = crate::virtio_blk::handler::DEFAULT_POLL_US;
+/// The default `--workers`; see [`crate::virtio_blk::pool::DEFAULT_WORKERS`].
+pub const DEFAULT_WORKERS: usize = crate::virtio_blk::pool::DEFAULT_WORKERS;
+
+fn parse_workers(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n @ 1..=64) => Ok(n),
+        _ => Err(format!(
+            "'{s}' is not a worker count: give a number from 1 to 64"
+        )),
+    }
 }
 
 impl Cli {
@@ -56,6 +89,11 @@ impl Cli {
             disks,
             io_mode: self.io_mode,
             poll_us: self.poll_us,
+            workers: self.workers,
+            trace: self.trace,
+            metrics: self.metrics,
+            metrics_interval_secs: self.metrics_interval,
+            seccomp: self.seccomp,
         };
         config.check()?;
         Ok(config)
@@ -76,7 +114,10 @@ mod tests {
         assert_eq!(cli.memory, "256M");
         assert_eq!(cli.cpus, 1);
         assert_eq!(cli.io_mode, IoMode::Workers);
-        assert_eq!(cli.poll_us, 50);
+        assert_eq!(cli.poll_us, DEFAULT_POLL_US);
+        assert_eq!(cli.workers, DEFAULT_WORKERS);
+        assert!(cli.trace.is_none() && cli.metrics.is_none());
+        assert_eq!(cli.metrics_interval, 0);
         assert!(cli.disk.is_empty());
     }
 
@@ -100,6 +141,29 @@ mod tests {
         assert_eq!(cli.disk, ["path=a", "path=b,queues=2"]);
         assert_eq!(cli.io_mode, IoMode::Dataplane);
         assert_eq!((cli.poll_us, cli.cpus), (0, 2));
+    }
+
+    #[test]
+    fn workers_trace_and_metrics() {
+        let cli = parse(&[
+            "--kernel",
+            "k",
+            "--workers",
+            "4",
+            "--trace",
+            "t.json",
+            "--metrics",
+            "m.json",
+            "--metrics-interval",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(cli.workers, 4);
+        assert_eq!(cli.trace.as_deref(), Some(std::path::Path::new("t.json")));
+        assert_eq!(cli.metrics.as_deref(), Some(std::path::Path::new("m.json")));
+        assert_eq!(cli.metrics_interval, 2);
+        assert!(parse(&["--kernel", "k", "--workers", "0"]).is_err());
+        assert!(parse(&["--kernel", "k", "--metrics-interval", "2"]).is_err());
     }
 
     #[test]

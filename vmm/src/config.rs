@@ -28,17 +28,29 @@ pub enum EngineChoice {
     IoUring,
 }
 
-/// Which host thread handles a disk's queue notifications.
+/// Which host threads handle the disks' queues (the talk's four I/O paths).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum IoMode {
-    /// The vCPU thread that took the MMIO exit processes the queue itself.
+    /// No ioeventfd: a kick exits to the vCPU thread, which pops, parses, does the I/O with
+    /// the sync engine and injects the interrupt, all under the VM-wide lock (unmodified
+    /// QEMU's global mutex).
     Vcpu,
-    /// One I/O thread per disk, woken by ioeventfd.
+    /// Kicks through ioeventfd to ONE event-loop thread shared by every disk, which
+    /// processes under the same VM-wide lock; no polling (QEMU's virtio-ioeventfd).
     Iothread,
-    /// One polling dataplane thread per queue.
+    /// One thread per queue outside any VM-wide lock, ioeventfd in, irqfd out, adaptive
+    /// polling.
     Dataplane,
-    /// A dataplane thread per queue that hands requests to worker threads.
+    /// A handler thread per queue pops and parses, a pool of worker threads does the I/O;
+    /// adaptive polling, completions in completion order.
     Workers,
+}
+
+impl IoMode {
+    /// Whether vCPU threads take the VM-wide lock around port I/O and MMIO dispatch.
+    pub fn uses_vm_lock(self) -> bool {
+        matches!(self, IoMode::Vcpu | IoMode::Iothread)
+    }
 }
 
 /// One `--disk` option.
@@ -58,6 +70,8 @@ pub struct DiskConfig {
     pub queue_size: u16,
     /// Serial number reported by `VIRTIO_BLK_T_GET_ID`, at most 20 bytes.
     pub serial: String,
+    /// Faults to inject into this disk's I/O (`fault=`; tests of failing disks).
+    pub fault: Option<backend_raw::FaultSpec>,
 }
 
 /// Everything needed to build and boot one VM.
@@ -77,6 +91,16 @@ pub struct VmConfig {
     pub io_mode: IoMode,
     /// How long a polling thread spins before it sleeps, in microseconds.
     pub poll_us: u32,
+    /// Worker threads per disk in `IoMode::Workers`.
+    pub workers: usize,
+    /// Where to write the request trace (Chrome trace-event JSON) at exit.
+    pub trace: Option<PathBuf>,
+    /// Where to write the device metrics (JSON).
+    pub metrics: Option<PathBuf>,
+    /// Rewrite the metrics file every this many seconds while the guest runs (0: at exit only).
+    pub metrics_interval_secs: u64,
+    /// Seccomp filters for the VMM's threads.
+    pub seccomp: crate::seccomp::SeccompMode,
 }
 
 /// A rejected option value. The message names the problem and the fix.
@@ -120,6 +144,14 @@ pub enum ConfigError {
     /// A serial number longer than virtio-blk can report.
     #[error("--disk serial={0} is longer than 20 bytes: shorten it")]
     DiskSerial(String),
+    /// A fault-injection spec that does not parse.
+    #[error("--disk fault={spec} is invalid: {reason} (separate conditions with `;` inside --disk, e.g. fault=eio@write:after=10;every=3)")]
+    DiskFault {
+        /// The value given.
+        spec: String,
+        /// Why it does not parse.
+        reason: String,
+    },
     /// The same image given to two disks.
     #[error("disk image {0} is given twice: give each disk its own image")]
     DiskTwice(PathBuf),
@@ -193,7 +225,7 @@ fn default_serial(path: &Path) -> String {
 
 impl DiskConfig {
     /// Parses one `--disk` value (`path=IMG[,readonly=on][,direct=on][,engine=sync|io_uring]`
-    /// `[,queues=N][,queue-size=N][,serial=STR]`). Does not touch the file system.
+    /// `[,queues=N][,queue-size=N][,serial=STR][,fault=SPEC]`). Does not touch the file system.
     pub fn parse(s: &str) -> Result<Self, ConfigError> {
         let mut seen: Vec<&str> = Vec::new();
         let mut path = None;
@@ -206,6 +238,7 @@ impl DiskConfig {
             queues: 1,
             queue_size: MAX_QUEUE_SIZE,
             serial: String::new(),
+            fault: None,
         };
         for item in s.split(',').filter(|i| !i.is_empty()) {
             let (key, value) = item
@@ -245,6 +278,17 @@ impl DiskConfig {
                         return Err(ConfigError::DiskSerial(value.to_string()));
                     }
                     serial = Some(value.to_string());
+                }
+                // `,` separates --disk keys, so the spec's own `,` between conditions is
+                // written `;` here.
+                "fault" => {
+                    let spec = value.replace(';', ",");
+                    cfg.fault = Some(spec.parse().map_err(|e: backend_raw::FaultSpecError| {
+                        ConfigError::DiskFault {
+                            spec: value.to_string(),
+                            reason: e.to_string(),
+                        }
+                    })?);
                 }
                 _ => return Err(ConfigError::DiskUnknownKey(key.to_string())),
             }

@@ -79,6 +79,9 @@ pub enum Error {
         /// The OS error.
         source: vmm_sys_util::errno::Error,
     },
+    /// The seccomp filters cannot be built or installed.
+    #[error("{0}: run with --seccomp off on a kernel without seccomp filters")]
+    Seccomp(#[source] crate::seccomp::SeccompError),
 }
 
 impl Error {
@@ -89,7 +92,8 @@ impl Error {
             Error::Config(_)
             | Error::KvmOpen(_)
             | Error::KernelRead { .. }
-            | Error::Boot { .. } => 2,
+            | Error::Boot { .. }
+            | Error::Seccomp(_) => 2,
             _ => 1,
         }
     }

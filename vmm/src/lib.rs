@@ -35,11 +35,14 @@ pub mod devices;
 pub mod error;
 pub mod interrupts;
 pub mod memory;
+pub mod metrics;
 pub mod pci;
 pub mod pci_device;
 pub mod platform;
+pub mod seccomp;
 pub mod signals;
 pub mod stop;
+pub mod trace;
 pub mod vcpu;
 pub mod virtio_blk;
 pub mod vm;
@@ -53,11 +56,15 @@ pub use error::{Error, Result};
 use boot::gdt::write_gdt;
 use boot::pvh::load_kernel;
 use boot::start_info::write_start_info;
+use config::IoMode;
 use devices::ShutdownHooks;
 use interrupts::MsiRouter;
+use metrics::DeviceMetrics;
 use platform::Platform;
 use stop::{StopLatch, StopReason};
+use trace::Tracer;
 use vcpu::{Vcpu, VcpuThreads};
+use virtio_blk::iothread::IoThread;
 use virtio_blk::{DeviceContext, VirtioBlkPci};
 use vm::Vm;
 
@@ -67,21 +74,75 @@ const SIGNAL_POLL: Duration = Duration::from_millis(20);
 /// Builds the VM, runs it until it stops and returns the process exit status (see the table in
 /// the crate documentation). Errors are set-up failures; [`Error::exit_status`] maps them.
 pub fn run(config: VmConfig) -> Result<i32> {
+    // Fail at set-up, not inside a thread, if the kernel cannot take the filters.
+    seccomp::probe(config.seccomp).map_err(Error::Seccomp)?;
+    seccomp::set_process_mode(config.seccomp);
     signals::install()?;
     signals::block_termination();
     let started = start(&config);
     signals::unblock_termination();
     let running = started?;
+    // Set-up is over: from here the main thread only waits, stops and writes results.
+    seccomp::apply_thread(seccomp::ThreadKind::Main);
     let reason = wait_for_stop(&running.stop);
 
     running.threads.stop_and_join();
     let mut hooks = running.hooks;
     hooks.run();
     running.platform.flush_console();
+    write_observations(&config, running.observers, &running._vm);
     if let Some(m) = reason.message() {
         eprintln!("vmm: {m}");
     }
     Ok(reason.exit_status())
+}
+
+/// The tracer and metrics of a run, written at exit.
+struct Observers {
+    tracer: Option<Arc<Tracer>>,
+    metrics: Vec<Arc<DeviceMetrics>>,
+    periodic: Option<metrics::PeriodicWriter>,
+}
+
+/// Writes the trace and metrics files (after the devices stopped, so every request is in).
+/// A failure is reported on stderr; it does not change the exit status.
+fn write_observations(config: &VmConfig, obs: Observers, vm: &Vm) {
+    if let (Some(path), Some(tracer)) = (&config.trace, &obs.tracer) {
+        let written = tracer.write_chrome_json(path, &vm.mem);
+        match &written {
+            Ok(s) => eprintln!(
+                "vmm: trace {}: {} requests ({} matched to the guest's log), {} stamps, {} dropped",
+                path.display(),
+                s.requests,
+                s.matched,
+                s.device_stamps,
+                s.dropped
+            ),
+            Err(e) => eprintln!("vmm: cannot write the trace {}: {e}", path.display()),
+        }
+        if let Ok(s) = &written {
+            for r in s.table.rows.iter().chain(s.table.total.iter()) {
+                eprintln!(
+                    "vmm: trace   {:<16} n={:<8} p50={:>9.1} us  p99={:>9.1} us  share={:>5.1}%",
+                    r.stage,
+                    r.count,
+                    r.p50_ns / 1e3,
+                    r.p99_ns / 1e3,
+                    r.share * 100.0
+                );
+            }
+        }
+    }
+    if let Some(path) = &config.metrics {
+        let result = match obs.periodic {
+            // The periodic writer writes a last time when stopped.
+            Some(w) => w.stop(),
+            None => metrics::write_metrics(path, &obs.metrics),
+        };
+        if let Err(e) = result {
+            eprintln!("vmm: cannot write the metrics {}: {e}", path.display());
+        }
+    }
 }
 
 /// A VM whose vCPUs run.
@@ -91,6 +152,7 @@ struct Running {
     hooks: ShutdownHooks,
     threads: VcpuThreads,
     stop: Arc<StopLatch>,
+    observers: Observers,
 }
 
 /// Builds the VM, loads the kernel, plugs the devices and starts the vCPUs.
@@ -105,14 +167,37 @@ fn start(config: &VmConfig) -> Result<Running> {
         stop.clone(),
     )?;
     let mut hooks = ShutdownHooks::new();
-    attach_disks(config, &vm, &platform, &mut hooks)?;
+    let tracer = config.trace.as_ref().map(|_| Arc::new(Tracer::new()));
+    let metrics = attach_disks(config, &vm, &platform, &mut hooks, tracer.clone())?;
 
     let vcpus = (0..config.cpus)
         .map(|i| {
             let (pio, mmio) = (platform.pio.clone(), platform.mmio.clone());
-            Vcpu::new(&vm, i, entry, pio, mmio, stop.clone())
+            let vcpu = Vcpu::new(&vm, i, entry, pio, mmio, stop.clone())?;
+            Ok(if config.io_mode.uses_vm_lock() {
+                vcpu.with_vm_lock(platform.vm_lock.clone())
+            } else {
+                vcpu
+            })
         })
         .collect::<Result<Vec<_>>>()?;
+    if let (Some(t), Some(v)) = (&tracer, vcpus.first()) {
+        t.set_tsc_mapping(trace::measure_tsc_offset(v.fd()));
+    }
+    let periodic = match (&config.metrics, config.metrics_interval_secs) {
+        (Some(path), secs) if secs > 0 => Some(
+            metrics::spawn_periodic_writer(
+                path.clone(),
+                metrics.clone(),
+                Duration::from_secs(secs),
+            )
+            .map_err(|source| Error::Thread {
+                what: "the metrics writer",
+                source,
+            })?,
+        ),
+        _ => None,
+    };
     let threads = VcpuThreads::start(vcpus)?;
     Ok(Running {
         _vm: vm,
@@ -120,6 +205,11 @@ fn start(config: &VmConfig) -> Result<Running> {
         hooks,
         threads,
         stop,
+        observers: Observers {
+            tracer,
+            metrics,
+            periodic,
+        },
     })
 }
 
@@ -153,19 +243,34 @@ fn wait_for_stop(stop: &StopLatch) -> StopReason {
 }
 
 /// Creates one virtio-blk-pci function per `--disk`, in slots 1, 2, ... of bus 0, each with
-/// BAR0 preassigned from the BAR window, and registers each device's shutdown.
+/// BAR0 preassigned from the BAR window, and registers each device's shutdown (and, in
+/// `IoMode::Iothread`, the shared I/O thread's, after the devices'). Returns the devices'
+/// metrics, in `--disk` order; their queues stamp into `tracer` when given.
 pub fn attach_disks(
     config: &VmConfig,
     vm: &Vm,
     platform: &Platform,
     hooks: &mut ShutdownHooks,
-) -> Result<()> {
+    tracer: Option<Arc<Tracer>>,
+) -> Result<Vec<Arc<DeviceMetrics>>> {
     if config.disks.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let msi = Arc::new(MsiRouter::new(vm.fd.clone()));
     let mut bars = platform.bars.clone();
-    for disk in &config.disks {
+    let iothread = match config.io_mode {
+        IoMode::Iothread => Some(Arc::new(
+            IoThread::start(platform.vm_lock.clone()).map_err(|source| Error::Thread {
+                what: "the I/O thread",
+                source,
+            })?,
+        )),
+        _ => None,
+    };
+    let mut all_metrics = Vec::with_capacity(config.disks.len());
+    for (index, disk) in config.disks.iter().enumerate() {
+        let metrics = Arc::new(DeviceMetrics::new(&disk.path.display().to_string()));
+        all_metrics.push(metrics.clone());
         let ctx = DeviceContext {
             vm: vm.fd.clone(),
             mem: vm.mem.clone(),
@@ -173,6 +278,11 @@ pub fn attach_disks(
             bar0_addr: bars.allocate(pci_transport::virtio_pci::layout::BAR_SIZE)?,
             io_mode: config.io_mode,
             poll_us: config.poll_us,
+            workers: config.workers,
+            iothread: iothread.clone(),
+            tracer: tracer.clone(),
+            device_index: index,
+            metrics,
         };
         let dev = VirtioBlkPci::new(disk, ctx).map_err(|e| Error::Device {
             path: disk.path.clone(),
@@ -184,5 +294,8 @@ pub fn attach_disks(
             dev.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
         });
     }
-    Ok(())
+    if let Some(io) = iothread {
+        hooks.register("the I/O thread", move || io.stop());
+    }
+    Ok(all_metrics)
 }

@@ -27,6 +27,10 @@ pub struct Platform {
     pub bars: BarAllocator,
     /// The console, flushed at exit.
     pub serial: Arc<Mutex<Serial>>,
+    /// The VM-wide device lock ("big VM lock", QEMU's global mutex): vCPU threads hold it
+    /// around every port I/O and MMIO dispatch in the `vcpu` and `iothread` I/O modes, and
+    /// the shared I/O thread holds it while it processes. Unused in the other modes.
+    pub vm_lock: Arc<Mutex<()>>,
 }
 
 fn insert(bus: &Bus, base: u64, len: u64, dev: Arc<Mutex<dyn BusDevice>>) -> Result<()> {
@@ -75,6 +79,7 @@ impl Platform {
             pci,
             bars,
             serial,
+            vm_lock: Arc::new(Mutex::new(())),
         })
     }
 

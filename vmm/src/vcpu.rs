@@ -4,7 +4,7 @@
 //! vCPU 0 starts at the PVH entry; the others stay in wait-for-SIPI inside the in-kernel LAPIC
 //! until the guest starts them with INIT/SIPI.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ pub struct Vcpu {
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     stop: Arc<StopLatch>,
+    vm_lock: Option<Arc<Mutex<()>>>,
 }
 
 /// What the loop does after an exit.
@@ -58,7 +59,20 @@ impl Vcpu {
             pio,
             mmio,
             stop,
+            vm_lock: None,
         })
+    }
+
+    /// Makes the thread hold `lock` (the platform's VM-wide lock) around every port I/O and
+    /// MMIO dispatch, as the `vcpu` and `iothread` I/O modes require.
+    pub fn with_vm_lock(mut self, lock: Arc<Mutex<()>>) -> Self {
+        self.vm_lock = Some(lock);
+        self
+    }
+
+    /// The vCPU's file descriptor (TSC measurements, diagnostics).
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
     }
 
     /// Runs the guest until the VM stops, requesting the stop itself on a fatal exit.
@@ -97,6 +111,17 @@ impl Vcpu {
                     message: format!("KVM_RUN failed: {e}"),
                 })
             }
+        };
+        // Held until the end of this exit's dispatch (dropped when `step` returns).
+        let _vm_guard = match exit {
+            VcpuExit::IoIn(..)
+            | VcpuExit::IoOut(..)
+            | VcpuExit::MmioRead(..)
+            | VcpuExit::MmioWrite(..) => self
+                .vm_lock
+                .as_ref()
+                .map(|l| l.lock().unwrap_or_else(|p| p.into_inner())),
+            _ => None,
         };
         match exit {
             VcpuExit::IoIn(port, data) => {
@@ -185,7 +210,10 @@ impl VcpuThreads {
             let name = format!("vcpu{}", v.index);
             let h = std::thread::Builder::new()
                 .name(name)
-                .spawn(move || v.run())
+                .spawn(move || {
+                    crate::seccomp::apply_thread(crate::seccomp::ThreadKind::Vcpu);
+                    v.run()
+                })
                 .map_err(|source| Error::Thread {
                     what: "a vCPU",
                     source,

@@ -19,7 +19,11 @@ use report::GuestReport;
 const SERIAL: &str = "e2e-disk";
 
 fn require_kvm() {
-    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         panic!("these tests boot a VM and need read-write access to /dev/kvm: {e}");
     }
 }
@@ -47,7 +51,14 @@ fn boot(disk_opts: &str, cmdline: &str) -> (String, Option<i32>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
         .arg("--kernel")
         .arg(guest_elf())
-        .args(["--memory", "256M", "--cmdline", cmdline, "--disk", disk_opts])
+        .args([
+            "--memory",
+            "256M",
+            "--cmdline",
+            cmdline,
+            "--disk",
+            disk_opts,
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -70,19 +81,42 @@ fn boot(disk_opts: &str, cmdline: &str) -> (String, Option<i32>) {
 
 fn assert_all_pass(out: &str, status: Option<i32>) -> GuestReport {
     let report = GuestReport::parse(out);
-    let failed: Vec<_> = report.failed().map(|t| format!("{}: {}", t.name, t.failure.as_deref().unwrap_or(""))).collect();
-    assert!(failed.is_empty(), "guest tests failed: {failed:#?}\n--- output ---\n{out}");
-    assert!(report.passed() >= 5, "too few tests ran ({}):\n{out}", report.passed());
+    let failed: Vec<_> = report
+        .failed()
+        .map(|t| format!("{}: {}", t.name, t.failure.as_deref().unwrap_or("")))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "guest tests failed: {failed:#?}\n--- output ---\n{out}"
+    );
+    assert!(
+        report.passed() >= 5,
+        "too few tests ran ({}):\n{out}",
+        report.passed()
+    );
     assert_eq!(status, Some(0), "guest did not exit cleanly:\n{out}");
     report
 }
 
 fn run_suite(completion: &str) {
     let img = temp_image(&format!("rw-{completion}.img"), 32 << 20);
-    let (out, status) = boot(&format!("path={},serial={SERIAL}", img.display()), &format!("tests=all serial={SERIAL} completion={completion}"));
+    let (out, status) = boot(
+        &format!("path={},serial={SERIAL}", img.display()),
+        &format!("tests=all serial={SERIAL} completion={completion}"),
+    );
     let report = assert_all_pass(&out, status);
-    for name in ["get_id", "flush", "out_of_range", "virtio_drivers", "queue_depth", "indirect"] {
-        assert!(report.tests.iter().any(|t| t.name == name), "test {name} did not run:\n{out}");
+    for name in [
+        "get_id",
+        "flush",
+        "out_of_range",
+        "virtio_drivers",
+        "queue_depth",
+        "indirect",
+    ] {
+        assert!(
+            report.tests.iter().any(|t| t.name == name),
+            "test {name} did not run:\n{out}"
+        );
     }
 }
 
@@ -100,7 +134,13 @@ fn all_tests_pass_with_interrupt_completions() {
 fn read_only_disk_refuses_writes_and_keeps_data() {
     let img = temp_image("ro.img", 8 << 20);
     let before = std::fs::read(&img).unwrap();
-    let (out, status) = boot(&format!("path={},readonly=on,serial={SERIAL}", img.display()), &format!("tests=all serial={SERIAL} expect_ro=1"));
+    let (out, status) = boot(
+        &format!("path={},readonly=on,serial={SERIAL}", img.display()),
+        &format!("tests=all serial={SERIAL} expect_ro=1"),
+    );
     assert_all_pass(&out, status);
-    assert!(std::fs::read(&img).unwrap() == before, "read-only image changed");
+    assert!(
+        std::fs::read(&img).unwrap() == before,
+        "read-only image changed"
+    );
 }

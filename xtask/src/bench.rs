@@ -36,8 +36,10 @@ pub const CASES: [Case; 5] = [
 ];
 
 /// Every system, in table order.
-pub const SYSTEMS: [&str; 7] =
-    ["bare-metal-fio", "bare-metal", "vmm-vcpu", "vmm-iothread", "vmm-dataplane", "vmm-workers", "qemu-iothread"];
+/// `vmm-workers-traced` is `vmm-workers` with `--trace` (and the guest's `trace=1`): the
+/// price of tracing, shown beside the untraced run.
+pub const SYSTEMS: [&str; 8] =
+    ["bare-metal-fio", "bare-metal", "vmm-vcpu", "vmm-iothread", "vmm-dataplane", "vmm-workers", "vmm-workers-traced", "qemu-iothread"];
 
 /// What a bench run needs to know.
 pub struct Setup {
@@ -113,12 +115,22 @@ fn run_fio(fio: &Path, image: &Path, case: &Case, secs: u32) -> Result<Summary, 
     parse_fio(&String::from_utf8_lossy(&out.stdout), w.pattern.ends_with("write"))
 }
 
-fn run_vmm(setup: &Setup, mode: &str, image: &Path, case: &Case) -> Result<Summary, String> {
+fn run_vmm(setup: &Setup, mode: &str, image: &Path, case: &Case, traced: bool) -> Result<Summary, String> {
     let mut cmd = Command::new(&setup.vmm);
     cmd.arg("--kernel").arg(&setup.guest).args(["--memory", "256M", "--io-mode", mode]);
-    cmd.args(["--cmdline", &guest_bench_cmdline(&case.workload, setup.secs)]);
+    let mut cmdline = guest_bench_cmdline(&case.workload, setup.secs);
+    let trace_file = std::env::temp_dir().join(format!("vmm-bench-trace-{}.json", std::process::id()));
+    if traced {
+        cmdline.push_str(" trace=1");
+        cmd.arg("--trace").arg(&trace_file);
+    }
+    cmd.args(["--cmdline", &cmdline]);
     cmd.arg("--disk").arg(format!("path={},direct={},engine=io_uring,serial=bench", image.display(), if case.shm { "off" } else { "on" }));
-    let out = run_guest(cmd, Peer::Vmm, Duration::from_secs(u64::from(setup.secs) + 60), false)?;
+    let out = run_guest(cmd, Peer::Vmm, Duration::from_secs(u64::from(setup.secs) + 60), false);
+    if traced {
+        let _ = std::fs::remove_file(&trace_file);
+    }
+    let out = out?;
     if out.guest_code != Some(0) {
         return Err(format!("vmm --io-mode {mode} ended with {:?}:\n{}", out.guest_code, tail(&out.stdout)));
     }
@@ -151,7 +163,8 @@ fn run_point(setup: &Setup, system: &str, case: &Case) -> Result<Summary, String
         "bare-metal-fio" => run_fio(setup.fio.as_deref().ok_or("fio is not installed")?, image, case, setup.secs),
         "bare-metal" => hostbench::run(image, !case.shm, case.workload, f64::from(setup.secs)),
         "qemu-iothread" => run_qemu(setup.qemu.as_deref().ok_or("QEMU is not installed")?, setup, image, case),
-        vmm => run_vmm(setup, vmm.trim_start_matches("vmm-"), image, case),
+        "vmm-workers-traced" => run_vmm(setup, "workers", image, case, true),
+        vmm => run_vmm(setup, vmm.trim_start_matches("vmm-"), image, case, false),
     }
 }
 
@@ -215,7 +228,7 @@ pub fn run_all(setup: &Setup) -> Results {
     results
 }
 
-fn baseline<'a>(results: &'a Results, workload: &str) -> Option<Summary> {
+fn baseline(results: &Results, workload: &str) -> Option<Summary> {
     ["bare-metal-fio", "bare-metal"].iter().find_map(|s| results.points.get(&(workload.to_string(), s.to_string()))).map(Point::median)
 }
 
@@ -260,7 +273,7 @@ pub fn to_json(results: &Results) -> Value {
     json!({"runs": runs, "skipped": skipped})
 }
 
-const COLORS: [&str; 7] = ["#444444", "#888888", "#d62728", "#ff7f0e", "#2ca02c", "#1f77b4", "#9467bd"];
+const COLORS: [&str; 8] = ["#444444", "#888888", "#d62728", "#ff7f0e", "#2ca02c", "#1f77b4", "#aec7e8", "#9467bd"];
 
 /// `chart.svg`: grouped bars per workload, IOPS as a percentage of bare metal.
 pub fn chart_svg(results: &Results) -> String {
@@ -292,7 +305,7 @@ pub fn chart_svg(results: &Results) -> String {
         let _ = writeln!(s, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>", gx + group_w / 2.0 - 10.0, top + plot_h + 16.0, case.name);
     }
     for (si, system) in SYSTEMS.iter().enumerate() {
-        let x = left + si as f64 * 125.0;
+        let x = left + si as f64 * 112.0;
         let y = h - 30.0;
         let _ = writeln!(s, "<rect x=\"{x}\" y=\"{y}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{system}</text>", COLORS[si], x + 14.0, y + 9.0);
     }

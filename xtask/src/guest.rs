@@ -12,21 +12,53 @@ pub const GUEST_RUSTFLAGS: &str = "-C relocation-model=static -C no-redzone=yes 
 /// scripts or proc macros.
 pub const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
 
-/// Builds the guest ELF (release) into `<root>/target/guest` and returns its path.
+/// The workspace's target directory: `CARGO_TARGET_DIR` if set, else `<root>/target`.
+pub fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// Builds the guest ELF (release) into `<target>/guest` (its own directory, since its
+/// RUSTFLAGS differ from the host's) and returns its path.
 pub fn build_guest(root: &Path) -> Result<PathBuf, String> {
-    let target_dir = root.join("target").join("guest");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
+    let target_dir = target_dir(root).join("guest");
+    let status = Command::new(cargo())
         .current_dir(root)
         .env("CARGO_TARGET_DIR", &target_dir)
         .env("RUSTFLAGS", GUEST_RUSTFLAGS)
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .args(["build", "--release", "-p", "guest-test-kernel", "--features", "guest"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "guest-test-kernel",
+            "--features",
+            "guest",
+        ])
         .args(["--target", GUEST_TARGET])
         .status()
         .map_err(|e| format!("cannot run cargo to build the guest: {e}"))?;
     if !status.success() {
         return Err(format!("building the guest failed ({status})"));
     }
-    Ok(target_dir.join(GUEST_TARGET).join("release").join("guest-test-kernel"))
+    Ok(target_dir
+        .join(GUEST_TARGET)
+        .join("release")
+        .join("guest-test-kernel"))
+}
+
+/// Builds the VMM (release) and returns the path of its binary.
+pub fn build_vmm(root: &Path) -> Result<PathBuf, String> {
+    let status = Command::new(cargo())
+        .current_dir(root)
+        .args(["build", "--release", "-p", "vmm"])
+        .status()
+        .map_err(|e| format!("cannot run cargo to build the VMM: {e}"))?;
+    if !status.success() {
+        return Err(format!("building the VMM failed ({status})"));
+    }
+    Ok(target_dir(root).join("release").join("vmm"))
 }

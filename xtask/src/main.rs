@@ -4,10 +4,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
+mod soak;
+
 use xtask::bench;
-use xtask::guest::build_guest;
+use xtask::guest::{build_guest, build_vmm};
 use xtask::report::GuestReport;
 use xtask::runner::{ensure_image, qemu_binary, run_guest, Peer, RunOutput};
+
+mod timeline_svg;
+mod trace;
 
 const DISK_SIZE: u64 = 256 << 20;
 const DISK_SERIAL: &str = "xtask-disk0";
@@ -24,6 +29,12 @@ commands:
   bench [--quick] [--systems a,b,...]
         the talk's experiment: bare metal (fio and our runner), each VMM io mode and QEMU,
         same image and workloads; table, target/bench/results.json, target/bench/chart.svg
+  soak --minutes N [--queues Q] [--io-mode M] [--completion poll|irq] [--seed S]
+        mixed verified I/O at QD 64 over Q queues (default 2) for N minutes (fractions
+        allowed); fails on any mismatch or failed request
+  trace [--io-mode vcpu|iothread|dataplane|workers] [--workload randread-4k-qd1]
+        a short traced run per io mode (vmm --trace, guest trace=1): per-stage latency
+        table, target/trace/<mode>.json (Perfetto / chrome://tracing), target/trace/timeline.svg
   test  the project's test suite: cargo test --workspace, clippy, crosscheck, bench --quick"
 }
 
@@ -33,10 +44,11 @@ struct Options {
     secs: u32,
     quick: bool,
     systems: Option<Vec<String>>,
+    workload: Option<String>,
 }
 
 fn parse_options(args: &[String]) -> Result<Options, String> {
-    let mut opts = Options { io_mode: None, completion: "poll".into(), secs: 3, quick: false, systems: None };
+    let mut opts = Options { io_mode: None, completion: "poll".into(), secs: 3, quick: false, systems: None, workload: None };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = || it.next().cloned().ok_or_else(|| format!("{arg} needs a value"));
@@ -50,6 +62,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
             }
             "--secs" => opts.secs = value()?.parse().map_err(|_| "--secs needs a whole number of seconds".to_string())?,
             "--quick" => opts.quick = true,
+            "--workload" => opts.workload = Some(value()?),
             "--systems" => opts.systems = Some(value()?.split(',').map(str::to_string).collect()),
             other => return Err(format!("unknown option {other}\n\n{}", usage())),
         }
@@ -73,11 +86,6 @@ fn cargo(root: &Path, args: &[&str]) -> Result<(), String> {
     } else {
         Err(format!("`cargo {}` failed ({status})", args.join(" ")))
     }
-}
-
-fn build_vmm(root: &Path) -> Result<PathBuf, String> {
-    cargo(root, &["build", "--release", "-p", "vmm"])?;
-    Ok(root.join("target/release/vmm"))
 }
 
 fn guest_cmdline(opts: &Options, bench: bool) -> String {
@@ -175,9 +183,11 @@ fn cmd_bench(opts: &Options) -> Result<bool, String> {
     };
     let (secs, repeats, size) = if opts.quick { (1, 1, 256u64 << 20) } else { (5, 3, 1u64 << 30) };
     let out_dir = root.join("target/bench");
+    let needs_guest = systems.iter().any(|s| s.starts_with("vmm-") || s.starts_with("qemu-"));
+    let needs_vmm = systems.iter().any(|s| s.starts_with("vmm-"));
     let setup = bench::Setup {
-        guest: build_guest(&root)?,
-        vmm: build_vmm(&root)?,
+        guest: if needs_guest { build_guest(&root)? } else { PathBuf::new() },
+        vmm: if needs_vmm { build_vmm(&root)? } else { PathBuf::new() },
         qemu: qemu_binary().ok(),
         fio: which("fio"),
         disk_image: out_dir.join("bench.img"),
@@ -210,12 +220,12 @@ fn cmd_test() -> Result<bool, String> {
     cargo(&root, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
     let mut ok = true;
     for completion in ["poll", "irq"] {
-        let opts = Options { io_mode: None, completion: completion.into(), secs: 1, quick: false, systems: None };
+        let opts = Options { io_mode: None, completion: completion.into(), secs: 1, quick: false, systems: None, workload: None };
         ok &= cmd_crosscheck(&opts)?;
     }
     // The benchmark itself must not rot: a short run of our VMM's io modes.
     let vmm_modes = bench::SYSTEMS.iter().filter(|s| s.starts_with("vmm-")).map(|s| s.to_string()).collect();
-    let opts = Options { io_mode: None, completion: "poll".into(), secs: 1, quick: true, systems: Some(vmm_modes) };
+    let opts = Options { io_mode: None, completion: "poll".into(), secs: 1, quick: true, systems: Some(vmm_modes), workload: None };
     ok &= cmd_bench(&opts)?;
     Ok(ok)
 }
@@ -226,6 +236,21 @@ fn main() -> ExitCode {
         eprintln!("{}", usage());
         return ExitCode::from(2);
     };
+    if command == "soak" {
+        let result = soak::parse(rest).map_err(|e| {
+            eprintln!("xtask: {e}");
+            ExitCode::from(2)
+        });
+        return match result.map(|o| build_vmm(&root()).and_then(|vmm| soak::run(&root(), &vmm, &o))) {
+            Err(code) => code,
+            Ok(Ok(true)) => ExitCode::SUCCESS,
+            Ok(Ok(false)) => ExitCode::FAILURE,
+            Ok(Err(e)) => {
+                eprintln!("xtask: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let opts = match parse_options(rest) {
         Ok(o) => o,
         Err(e) => {
@@ -238,6 +263,7 @@ fn main() -> ExitCode {
         "crosscheck" => cmd_crosscheck(&opts),
         "test" => cmd_test(),
         "bench" => cmd_bench(&opts),
+        "trace" => trace::cmd(&root(), opts.io_mode.as_deref(), opts.workload.as_deref()),
         "help" | "--help" | "-h" => {
             println!("{}", usage());
             return ExitCode::SUCCESS;

@@ -50,15 +50,23 @@ impl GuestReport {
 }
 
 fn after_keyword<'a>(line: &'a str, keyword: &str) -> Option<&'a str> {
-    line.find(keyword).filter(|&i| i == 0 || !line.as_bytes()[i - 1].is_ascii_alphanumeric()).map(|i| &line[i + keyword.len()..])
+    line.find(keyword)
+        .filter(|&i| i == 0 || !line.as_bytes()[i - 1].is_ascii_alphanumeric())
+        .map(|i| &line[i + keyword.len()..])
 }
 
 fn parse_test(rest: &str) -> Option<TestOutcome> {
     let mut parts = rest.splitn(3, ' ');
     let name = parts.next()?.to_string();
     match parts.next()? {
-        "PASS" => Some(TestOutcome { name, failure: None }),
-        "FAIL" => Some(TestOutcome { name, failure: Some(parts.next().unwrap_or("").to_string()) }),
+        "PASS" => Some(TestOutcome {
+            name,
+            failure: None,
+        }),
+        "FAIL" => Some(TestOutcome {
+            name,
+            failure: Some(parts.next().unwrap_or("").to_string()),
+        }),
         _ => None,
     }
 }
@@ -72,7 +80,13 @@ mod tests {
         let out = "boot\nTEST rw-pattern PASS\r\nTEST flush FAIL status 1 at sector 7\nRESULT {\"iops\": 5}\nTESTS passed=1 failed=1\n";
         let r = GuestReport::parse(out);
         assert_eq!(r.tests.len(), 2);
-        assert_eq!(r.tests[0], TestOutcome { name: "rw-pattern".into(), failure: None });
+        assert_eq!(
+            r.tests[0],
+            TestOutcome {
+                name: "rw-pattern".into(),
+                failure: None
+            }
+        );
         assert_eq!(r.tests[1].failure.as_deref(), Some("status 1 at sector 7"));
         assert_eq!(r.passed(), 1);
         assert_eq!(r.failed().count(), 1);

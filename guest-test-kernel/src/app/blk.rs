@@ -412,6 +412,7 @@ impl Blk {
         }
         writable[nw] = (status, 1);
         nw += 1;
+        let submitted = super::trace::now();
         let head = if indirect {
             let table = bq.tables + TABLE_BYTES * u64::from(slot);
             bq.ring
@@ -419,6 +420,7 @@ impl Blk {
         } else {
             bq.ring.add(&mem, &readable[..nr], &writable[..nw])?
         };
+        super::trace::on_submit(q, head, submitted);
         bq.num_free_slots -= 1;
         if let Some(s) = bq.slot_of_head.get_mut(usize::from(head)) {
             *s = slot;
@@ -435,6 +437,7 @@ impl Blk {
             return false;
         };
         let kick = bq.ring.should_kick(&mem);
+        super::trace::on_kick(q, kick);
         if kick {
             VirtioPci::notify(bq.notify, bq.index);
         }
@@ -453,6 +456,7 @@ impl Blk {
             .ok_or(BlkError::BadQueue(q))?;
         let mut n = 0;
         while let Some((head, len)) = bq.ring.pop_used(&mem)? {
+            super::trace::on_complete(q, head);
             let slot = bq.slot_of_head.get(usize::from(head)).copied().unwrap_or(0);
             let mut status = [0xffu8];
             mem.read(bq.status_addr(slot), &mut status)

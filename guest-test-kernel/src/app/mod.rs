@@ -4,13 +4,17 @@
 mod bench;
 mod blk;
 mod dma;
+mod durability;
 mod foreign;
+mod hostile;
 mod memory;
 mod mmio;
 mod pci;
 mod pipeline;
 mod report;
+mod soak;
 mod tests;
+mod trace;
 mod virtio_pci;
 
 use guest_test_kernel::pattern::mix64;
@@ -24,10 +28,11 @@ use virtio_pci::{VirtioPci, VIRTIO_BLK_MODERN, VIRTIO_BLK_TRANSITIONAL, VIRTIO_V
 /// every test passed and the benchmark (if asked for) ran, 1 otherwise.
 pub fn run(info: &crate::BootInfo) -> u32 {
     let opts = Options::parse(info.cmdline);
-    for problem in Options::problems(info.cmdline) {
+    for problem in Options::problems(info.cmdline).filter(|p| !trace::owns(p)) {
         crate::println!("warning: {problem}");
     }
     dma::init(info.free_mem_start, info.free_mem_end);
+    trace::init(info.cmdline);
     let seed = opts
         .seed
         .unwrap_or_else(|| mix64(crate::arch::tsc::rdtsc()));
@@ -69,7 +74,18 @@ pub fn run(info: &crate::BootInfo) -> u32 {
         opts: &opts,
         seed,
     };
-    let tally = tests::run_all(&mut blk, &env);
+    let mut tally = tests::run_all(&mut blk, &env);
+    if opts.test_listed("durability") {
+        return durability::run_mode(&mut blk, seed);
+    }
+    if opts.test_listed("hostile") {
+        hostile::run_mode(&mut blk, &env, &mut tally);
+    }
+    if let Some(secs) = opts.soak {
+        let mark = dma::mark();
+        tally.record("soak", soak::run(&mut blk, secs, seed));
+        dma::release(mark);
+    }
     crate::println!("TESTS passed={} failed={}", tally.passed, tally.failed);
     print_interrupts(&blk);
     let mut ok = tally.failed == 0;
@@ -81,12 +97,14 @@ pub fn run(info: &crate::BootInfo) -> u32 {
             ok = false;
         }
         dma::release(mark);
+        trace::publish();
     }
     print_interrupts(&blk);
     crate::arch::irq::disable();
     if let Err(e) = blk.reset() {
         crate::println!("virtio-blk {}: final reset: {e}", Show(bdf));
     }
+    trace::publish();
     u32::from(!ok)
 }
 

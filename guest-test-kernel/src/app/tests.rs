@@ -398,8 +398,10 @@ fn get_id(blk: &mut Blk, env: &Env<'_>) -> Result<(), Why> {
     }
 }
 
-/// Writes a pattern around `[at, at + n)`, applies `kind` with `flags` to that range, and
-/// checks the range reads as zeros while its neighbours keep their data.
+/// Writes a pattern around `[at, at + n)`, applies `kind` to that range, and checks the
+/// neighbours keep their data while the range reads as zeros (WRITE_ZEROES), or as zeros or
+/// its old data sector by sector (DISCARD: only a hint, 5.2.6 "the device MAY deallocate";
+/// QEMU ignores it unless the drive has `discard=unmap`).
 fn zeroing(
     blk: &mut Blk,
     env: &Env<'_>,
@@ -408,27 +410,42 @@ fn zeroing(
     at: u64,
     n: u32,
 ) -> Result<(), Why> {
-    let around = Extent {
+    let around = [Extent {
         sector: at - 8,
         sectors: n + 16,
-    };
-    let list = [around];
-    pipeline::run(blk, pass(env.seed, 1, n + 16), 1, &mut from_list(&list))?;
+    }];
+    pipeline::run(blk, pass(env.seed, 1, n + 16), 1, &mut from_list(&around))?;
     let status = range_request(blk, kind, at, n, unmap)?;
     expect_status(kind_name(kind), status, VIRTIO_BLK_S_OK)?;
-    let zero = [Extent {
+    let range = [Extent {
         sector: at,
         sectors: n,
     }];
-    pipeline::run(
-        blk,
-        Pass {
+    if kind == RequestType::WriteZeroes {
+        let zero = Pass {
             op: Op::VerifyZero,
             ..pass(env.seed, 1, n)
-        },
-        1,
-        &mut from_list(&zero),
-    )?;
+        };
+        pipeline::run(blk, zero, 1, &mut from_list(&range))?;
+    } else {
+        let mut zeroed = 0;
+        let read = Pass {
+            op: Op::Read,
+            ..pass(env.seed, 1, n)
+        };
+        pipeline::run_reads(blk, read, 1, &mut from_list(&range), &mut |_, e, data| {
+            for (i, sector) in data.chunks(SECTOR_SIZE).enumerate() {
+                let s = e.sector + i as u64;
+                if pattern::verify_zero(sector, s).is_ok() {
+                    zeroed += 1;
+                } else if let Err(m) = pattern::verify(sector, s, env.seed) {
+                    fail!("discarded sector is neither zero nor its old data: {m}");
+                }
+            }
+            Ok(())
+        })?;
+        crate::println!("# discard: {zeroed} of {n} discarded sectors read back as zeros");
+    }
     let edges = [
         Extent {
             sector: at - 8,

@@ -9,7 +9,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use backend_raw::{Disk, DiskOptions, EngineKind, IoOp};
+use backend_raw::{Disk, DiskOptions, Engine, EngineKind, FaultSpec, IoOp};
 use blk_proto::features::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
     VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_F_VERSION_1,
@@ -25,12 +25,15 @@ use pci_transport::{
 use virtqueue_core::Queue;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::handler::{config_source, Dataplane, DeviceHealth, QueueWorker, ThreadQueue};
-use super::request::{engine_depth, Executor};
+use super::handler::{config_source, Backend, Dataplane, DeviceHealth, QueueWorker, ThreadQueue};
+use super::iothread::IoThread;
+use super::pool::{self, WorkerPool};
+use super::request::{engine_depth, Executor, RequestParser};
 use super::{DeviceContext, DeviceError};
 use crate::config::{DiskConfig, EngineChoice, IoMode};
 use crate::interrupts::{MsixVectors, NO_VECTOR};
 use crate::pci_device::{BarInfo, PciDevice};
+use crate::trace::QueueTrace;
 
 /// Largest discard / write-zeroes segment offered, in sectors (just under 2 GiB, so a
 /// segment's byte length stays far from overflow everywhere).
@@ -104,8 +107,22 @@ fn device_config(disk: &Disk, cfg: &DiskConfig, features: Features) -> VirtioBlk
 enum Activity {
     /// Not live (before DRIVER_OK, after reset, or no usable queue).
     Idle,
-    /// Dataplane threads own the queues.
+    /// Dataplane threads own the queues (`IoMode::Dataplane`).
     Threads(Dataplane),
+    /// Queue handler threads feed a worker pool (`IoMode::Workers`).
+    Pool {
+        /// One handler thread per queue.
+        handlers: Dataplane,
+        /// The workers doing the I/O.
+        pool: WorkerPool,
+    },
+    /// The VM's shared I/O thread serves the queues (`IoMode::Iothread`).
+    Shared {
+        /// The loop.
+        iothread: Arc<IoThread>,
+        /// Where our queues sit in it.
+        slots: Vec<usize>,
+    },
     /// The vcpu thread serves the queues inside `bar_write` (`IoMode::Vcpu`).
     Vcpu(Vec<QueueWorker>),
 }
@@ -116,6 +133,8 @@ pub struct VirtioBlkPci {
     serial: String,
     engine: EngineKind,
     disk: Disk,
+    /// Faults injected into every engine of this disk (`--disk ...,fault=`).
+    fault: Option<FaultSpec>,
     transport: VirtioPciFunction,
     ctx: DeviceContext,
     offered: Features,
@@ -190,6 +209,7 @@ impl VirtioBlkPci {
                 EngineChoice::IoUring => EngineKind::IoUring,
             },
             disk,
+            fault: cfg.fault.clone(),
             transport,
             ctx,
             offered,
@@ -373,42 +393,54 @@ impl VirtioBlkPci {
         }
         let negotiated = Features(self.transport.negotiated_features().unwrap_or(0));
         let limits = DeviceLimits::from_config(&self.config, self.offered, negotiated);
-        let mut workers = Vec::new();
+        let parser =
+            RequestParser::new(limits, &self.serial).with_metrics(self.ctx.metrics.clone());
+        let mut queues = Vec::new();
         for q in 0..self.num_queues() {
-            match self.build_worker(q, negotiated, limits) {
-                Ok(Some(w)) => workers.push(w),
+            match self.build_queue(q, negotiated) {
+                Ok(Some(queue)) => queues.push((q, queue)),
                 Ok(None) => {}
-                Err(e) => {
-                    eprintln!("virtio-blk {}: queue {q}: {e}", self.path.display());
-                    self.health.report_needs_reset();
-                    self.vectors
-                        .trigger_source(config_source(self.num_queues()));
-                }
+                Err(e) => self.queue_failed(q, &e),
             }
         }
-        if workers.is_empty() {
+        if queues.is_empty() {
             return;
         }
-        self.activity = match self.ctx.io_mode {
-            IoMode::Vcpu => Activity::Vcpu(workers),
-            mode => match self.start_threads(workers, mode) {
-                Ok(dp) => Activity::Threads(dp),
-                Err(e) => {
-                    eprintln!("virtio-blk {}: {e}", self.path.display());
-                    self.health.report_needs_reset();
-                    Activity::Idle
-                }
-            },
+        let activity = match self.ctx.io_mode {
+            IoMode::Vcpu => self.local_workers(queues, &parser).map(Activity::Vcpu),
+            IoMode::Workers => self.start_pool(queues, &parser),
+            mode => self
+                .local_workers(queues, &parser)
+                .and_then(|w| self.start_threads(w, mode)),
+        };
+        self.activity = match activity {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("virtio-blk {}: {e}", self.path.display());
+                self.health.report_needs_reset();
+                self.vectors
+                    .trigger_source(config_source(self.num_queues()));
+                Activity::Idle
+            }
         };
     }
 
-    /// A worker for queue `q`, or `None` when the driver did not enable it.
-    fn build_worker(
-        &self,
-        q: u16,
-        negotiated: Features,
-        limits: DeviceLimits,
-    ) -> Result<Option<QueueWorker>, String> {
+    fn queue_failed(&self, q: u16, e: &str) {
+        eprintln!("virtio-blk {}: queue {q}: {e}", self.path.display());
+        self.health.report_needs_reset();
+        self.vectors
+            .trigger_source(config_source(self.num_queues()));
+    }
+
+    fn trace(&self, q: u16) -> QueueTrace {
+        self.ctx
+            .tracer
+            .as_ref()
+            .map_or_else(QueueTrace::disabled, |t| t.queue(self.ctx.device_index, q))
+    }
+
+    /// The queue state of `q`, or `None` when the driver did not enable it.
+    fn build_queue(&self, q: u16, negotiated: Features) -> Result<Option<Queue>, String> {
         let Some(state) = self.transport.queue(q) else {
             return Ok(None);
         };
@@ -433,58 +465,115 @@ impl VirtioBlkPci {
         }
         self.vectors
             .set_source_vector(usize::from(q), state.msix_vector());
+        Ok(Some(queue))
+    }
+
+    /// An engine for one thread, falling back to the sync engine where `kind` is unavailable.
+    fn engine(&self, kind: EngineKind, depth: usize) -> Result<Box<dyn Engine>, DeviceError> {
         let (engine, fallback) = self
             .disk
-            .engine_or_sync(self.engine, engine_depth(state.size()))
-            .map_err(|e| e.to_string())?;
+            .engine_with_faults(kind, depth, self.fault.as_ref())
+            .map_err(|source| DeviceError::Disk {
+                    path: self.path.clone(),
+                    source,
+                })?;
         if let Some(e) = fallback {
             eprintln!(
                 "virtio-blk {}: {e}; using the sync engine",
                 self.path.display()
             );
         }
-        let exec = Executor::new(engine, limits, &self.serial);
-        Ok(Some(QueueWorker::new(
+        Ok(engine)
+    }
+
+    fn worker(&self, q: u16, queue: Queue, backend: impl Into<Backend>) -> QueueWorker {
+        QueueWorker::new(
             q,
             queue,
             self.ctx.mem.clone(),
-            exec,
+            backend,
             self.vectors.clone(),
             self.health.clone(),
             config_source(self.num_queues()),
-        )))
+        )
+        .with_observers(self.trace(q), self.ctx.metrics.clone())
     }
 
-    fn start_threads(
+    /// Workers that run their I/O on their own engine: the sync engine in `IoMode::Vcpu`
+    /// (the vcpu does the I/O synchronously, as an unmodified QEMU without aio would),
+    /// the configured engine otherwise.
+    fn local_workers(
         &self,
-        workers: Vec<QueueWorker>,
-        mode: IoMode,
-    ) -> Result<Dataplane, DeviceError> {
+        queues: Vec<(u16, Queue)>,
+        parser: &RequestParser,
+    ) -> Result<Vec<QueueWorker>, DeviceError> {
+        let kind = match self.ctx.io_mode {
+            IoMode::Vcpu => EngineKind::Sync,
+            _ => self.engine,
+        };
+        queues
+            .into_iter()
+            .map(|(q, queue)| {
+                let engine = self.engine(kind, engine_depth(queue.size()))?;
+                let exec = Executor::with_parser(engine, parser.clone());
+                Ok(self.worker(q, queue, exec))
+            })
+            .collect()
+    }
+
+    /// `IoMode::Workers`: one handler thread per queue feeding a pool of `ctx.workers`
+    /// threads, each with its own engine on the disk.
+    fn start_pool(
+        &self,
+        queues: Vec<(u16, Queue)>,
+        parser: &RequestParser,
+    ) -> Result<Activity, DeviceError> {
         let fd_err = |source| DeviceError::Fd {
             path: self.path.clone(),
             source,
         };
-        let mut queues = Vec::with_capacity(workers.len());
-        for worker in workers {
-            let kick = match self.kicks.get(usize::from(worker.index())) {
-                Some(k) => k.try_clone().map_err(fd_err)?,
-                None => continue,
-            };
-            queues.push(ThreadQueue { worker, kick });
-        }
-        let (groups, poll_us) = match mode {
-            // One thread serves every queue of the device and sleeps until a kick or a
-            // completion wakes it (QEMU's iothread with polling off): the baseline that
-            // `Dataplane` is measured against.
-            IoMode::Iothread => (vec![queues], 0),
-            // One thread per queue, busy-polling up to `poll_us` before sleeping.
-            // `Workers` runs the same way: handing requests from the queue thread to a pool
-            // would add a thread wake-up (~17 us here) per request, and io_uring already
-            // runs requests concurrently in the kernel.
-            _ => (
+        let sizes: Vec<(u16, u16)> = queues.iter().map(|(q, queue)| (*q, queue.size())).collect();
+        let total: usize = sizes.iter().map(|s| usize::from(s.1)).sum();
+        let jobs = WorkerPool::channel(total).map_err(fd_err)?;
+        // Room for a maximal request (seg_max data buffers plus header and status, each
+        // possibly split in two by a memory-region boundary) in every job, up front.
+        let segments = 2 * usize::from(self.transport.common_config().max_queue_size());
+        let (links, routes) = pool::links(&sizes, parser, segments, &jobs).map_err(fd_err)?;
+        let depth = engine_depth(
+            u16::try_from(total.min(usize::from(MAX_QUEUE_SIZE))).unwrap_or(MAX_QUEUE_SIZE),
+        );
+        let engines = (0..self.ctx.workers.max(1))
+            .map(|_| self.engine(self.engine, depth))
+            .collect::<Result<Vec<_>, _>>()?;
+        let traces = (0..self.num_queues()).map(|q| self.trace(q)).collect();
+        let pool = WorkerPool::start(engines, self.ctx.mem.clone(), jobs, routes, traces, "vblk")
+            .map_err(|source| DeviceError::Thread {
+            path: self.path.clone(),
+            source,
+        })?;
+        let workers = queues
+            .into_iter()
+            .zip(links)
+            .map(|((q, queue), link)| self.worker(q, queue, link))
+            .collect();
+        let handlers = self.dataplane(workers, true)?;
+        Ok(Activity::Pool { handlers, pool })
+    }
+
+    /// One thread per queue (`per_queue`, polling up to `poll_us`), or one thread for all.
+    fn dataplane(
+        &self,
+        workers: Vec<QueueWorker>,
+        per_queue: bool,
+    ) -> Result<Dataplane, DeviceError> {
+        let queues = self.thread_queues(workers)?;
+        let (groups, poll_us) = if per_queue {
+            (
                 queues.into_iter().map(|q| vec![q]).collect(),
                 self.ctx.poll_us,
-            ),
+            )
+        } else {
+            (vec![queues], 0)
         };
         Dataplane::start(groups, poll_us, "vblk").map_err(|source| DeviceError::Thread {
             path: self.path.clone(),
@@ -492,11 +581,64 @@ impl VirtioBlkPci {
         })
     }
 
+    fn thread_queues(&self, workers: Vec<QueueWorker>) -> Result<Vec<ThreadQueue>, DeviceError> {
+        let mut queues = Vec::with_capacity(workers.len());
+        for worker in workers {
+            let kick = match self.kicks.get(usize::from(worker.index())) {
+                Some(k) => k.try_clone().map_err(|source| DeviceError::Fd {
+                    path: self.path.clone(),
+                    source,
+                })?,
+                None => continue,
+            };
+            queues.push(ThreadQueue { worker, kick });
+        }
+        Ok(queues)
+    }
+
+    fn start_threads(
+        &self,
+        workers: Vec<QueueWorker>,
+        mode: IoMode,
+    ) -> Result<Activity, DeviceError> {
+        match (mode, &self.ctx.iothread) {
+            // The one event loop of the VM, under the VM-wide lock, never polling.
+            (IoMode::Iothread, Some(io)) => {
+                let queues = self.thread_queues(workers)?;
+                let slots = io.attach(queues).map_err(|source| DeviceError::Fd {
+                    path: self.path.clone(),
+                    source,
+                })?;
+                Ok(Activity::Shared {
+                    iothread: io.clone(),
+                    slots,
+                })
+            }
+            // No shared loop was given (a device built on its own): one thread for the
+            // device's queues, without polling.
+            (IoMode::Iothread, None) => Ok(Activity::Threads(self.dataplane(workers, false)?)),
+            // One thread per queue outside any VM-wide lock, busy-polling up to `poll_us`.
+            _ => Ok(Activity::Threads(self.dataplane(workers, true)?)),
+        }
+    }
+
     /// Stops whoever serves the queues, after in-flight requests complete.
     fn deactivate(&mut self) {
         match std::mem::replace(&mut self.activity, Activity::Idle) {
             Activity::Threads(mut dp) => {
                 dp.stop();
+            }
+            Activity::Pool {
+                mut handlers,
+                mut pool,
+            } => {
+                // Handlers first: each waits for its jobs to come back; dropping their links
+                // then lets the workers run out of senders and end.
+                drop(handlers.stop());
+                pool.stop();
+            }
+            Activity::Shared { iothread, slots } => {
+                iothread.detach(&slots);
             }
             Activity::Vcpu(mut workers) => workers.iter_mut().for_each(QueueWorker::quiesce),
             Activity::Idle => {}

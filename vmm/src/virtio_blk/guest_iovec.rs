@@ -38,6 +38,11 @@ impl IovecList {
         self.iovecs.clear();
     }
 
+    /// Makes room for `more` iovecs without reallocating later.
+    pub fn reserve(&mut self, more: usize) {
+        self.iovecs.reserve(more);
+    }
+
     /// The iovecs, in order.
     pub fn as_slice(&self) -> &[libc::iovec] {
         &self.iovecs

@@ -3,7 +3,9 @@
 //! Reading order, following one request:
 //! - [`device`]: the PCI function (config space, BAR0, feature decisions, activation); a
 //!   guest kick lands on an ioeventfd registered there.
-//! - [`handler`]: the dataplane thread woken by that ioeventfd; it pops the chain.
+//! - [`handler`]: the dataplane thread woken by that ioeventfd; it pops the chain
+//!   ([`iothread`]: the one loop shared by all disks in `IoMode::Iothread`; [`pool`]: the
+//!   worker threads that run the I/O in `IoMode::Workers`).
 //! - [`request`]: the chain parsed by `blk-proto` becomes an engine operation over host
 //!   iovecs ([`guest_iovec`]); its completion writes the status byte and the used element.
 //! - back in [`handler`]: one notification decision per batch, then an irqfd write
@@ -12,6 +14,8 @@
 pub mod device;
 pub mod guest_iovec;
 pub mod handler;
+pub mod iothread;
+pub mod pool;
 pub mod request;
 #[cfg(test)]
 mod tests;
@@ -24,6 +28,9 @@ pub use device::VirtioBlkPci;
 
 use crate::config::IoMode;
 use crate::interrupts::{InterruptError, MsiRouter};
+use crate::metrics::DeviceMetrics;
+use crate::trace::Tracer;
+use iothread::IoThread;
 
 /// What a virtio-blk device needs from the VM it is plugged into.
 #[derive(Debug, Clone)]
@@ -40,6 +47,43 @@ pub struct DeviceContext {
     pub io_mode: IoMode,
     /// Busy-poll budget of a dataplane thread before it sleeps, in microseconds (0: never poll).
     pub poll_us: u32,
+    /// Worker threads of the device's pool (`IoMode::Workers`).
+    pub workers: usize,
+    /// The event loop shared by every disk (`IoMode::Iothread`; `None` otherwise).
+    pub iothread: Option<Arc<IoThread>>,
+    /// The VM's tracer, when `--trace` is given.
+    pub tracer: Option<Arc<Tracer>>,
+    /// The device's index for the tracer (its `--disk` position).
+    pub device_index: usize,
+    /// The device's counters.
+    pub metrics: Arc<DeviceMetrics>,
+}
+
+impl DeviceContext {
+    /// A context with the defaults for everything but the VM and the mode: the default
+    /// polling window and pool size, no shared I/O thread (`IoMode::Iothread` then runs one
+    /// thread for the device), no tracing, fresh metrics.
+    pub fn new(
+        vm: Arc<kvm_ioctls::VmFd>,
+        mem: vm_memory::GuestMemoryMmap,
+        msi: Arc<MsiRouter>,
+        bar0_addr: u64,
+        io_mode: IoMode,
+    ) -> Self {
+        DeviceContext {
+            vm,
+            mem,
+            msi,
+            bar0_addr,
+            io_mode,
+            poll_us: handler::DEFAULT_POLL_US,
+            workers: pool::DEFAULT_WORKERS,
+            iothread: None,
+            tracer: None,
+            device_index: 0,
+            metrics: Arc::new(DeviceMetrics::new("virtio-blk")),
+        }
+    }
 }
 
 /// Errors of creating or running a virtio-blk device.

@@ -14,7 +14,10 @@ use blk_proto::{
 use virtqueue_core::{DescriptorChain, GuestMemory};
 use vm_memory::GuestMemoryMmap;
 
+use std::sync::Arc;
+
 use super::guest_iovec::IovecList;
+use crate::metrics::DeviceMetrics;
 
 /// A chain to return through the used ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +26,33 @@ pub struct Used {
     pub head: u16,
     /// Bytes the device wrote into the chain's device-writable buffers, status byte included.
     pub len: u32,
+    /// Data bytes the request transferred (0 unless a read or write succeeded).
+    pub bytes: u32,
+    /// How the request ended, for the metrics.
+    pub outcome: Outcome,
+}
+
+impl Used {
+    /// A chain returned without a usable request in it (counted as an error, not a request).
+    pub fn invalid(head: u16, len: u32) -> Self {
+        Used {
+            head,
+            len,
+            bytes: 0,
+            outcome: Outcome::Invalid,
+        }
+    }
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Status OK.
+    Ok,
+    /// A parsed request whose status is not OK.
+    Failed,
+    /// The chain held no request that could be parsed (never counted as a request).
+    Invalid,
 }
 
 /// A request handed to the engine, waiting for its operations to complete.
@@ -39,14 +69,260 @@ struct InFlight {
     failed: bool,
 }
 
+/// A parsed request with its engine operations and host iovecs, ready to run on any thread.
+///
+/// Allocated once per queue slot (its iovec list keeps its capacity), reused for every
+/// request: in `IoMode::Workers` the box itself travels to a pool worker and back over
+/// channels, so the hot path allocates nothing.
+#[derive(Debug)]
+pub struct IoJob {
+    /// Which queue the job belongs to (its route back).
+    pub queue: u16,
+    /// Head descriptor index of the chain.
+    pub head: u16,
+    status_addr: u64,
+    ok_len: u32,
+    expect: u32,
+    ops: [IoOp; MAX_DISCARD_SEGMENTS],
+    n_ops: usize,
+    iovecs: IovecList,
+    /// Operations submitted and not completed (pool workers).
+    ops_left: u16,
+    failed: bool,
+    /// The used length, once the job finished ([`IoJob::finish`]).
+    pub used_len: u32,
+    /// How the job ended, once finished.
+    pub outcome: Outcome,
+}
+
+impl Default for IoJob {
+    fn default() -> Self {
+        IoJob {
+            queue: 0,
+            head: 0,
+            status_addr: 0,
+            ok_len: 0,
+            expect: 0,
+            ops: [IoOp::Flush; MAX_DISCARD_SEGMENTS],
+            n_ops: 0,
+            iovecs: IovecList::new(),
+            ops_left: 0,
+            failed: false,
+            used_len: 0,
+            outcome: Outcome::Failed,
+        }
+    }
+}
+
+impl IoJob {
+    /// A job whose iovec list already has room for `segments` buffers.
+    pub fn with_capacity(segments: usize) -> Box<Self> {
+        let mut job = Box::<IoJob>::default();
+        job.iovecs.reserve(segments);
+        job
+    }
+
+    /// Data bytes a successful job transfers.
+    pub fn bytes(&self) -> u32 {
+        self.expect
+    }
+
+    /// The engine operations of the job.
+    pub fn ops(&self) -> &[IoOp] {
+        self.ops.get(..self.n_ops).unwrap_or(&[])
+    }
+
+    /// Submits every operation to `engine`, tagged `user_data`; returns how many were
+    /// accepted. A refused operation fails the request (it is never lost).
+    pub fn submit_to(&mut self, engine: &mut dyn Engine, user_data: u64) -> u16 {
+        let mut submitted = 0u16;
+        for i in 0..self.n_ops {
+            let Some(op) = self.ops.get(i).copied() else {
+                break;
+            };
+            // SAFETY: the iovecs point into guest RAM (bounds-checked by
+            // `IovecList::push_guest`), which stays mapped for the VM's life, i.e. past this
+            // request's completion. The guest owns those bytes and may touch them meanwhile;
+            // that only affects the data of its own request, as with real DMA.
+            match unsafe { engine.submit(op, self.iovecs.as_slice(), user_data) } {
+                Ok(()) => submitted += 1,
+                Err(_) => self.failed = true,
+            }
+        }
+        self.ops_left = submitted;
+        submitted
+    }
+
+    /// Accounts one completed operation; returns `true` when it was the job's last.
+    pub fn complete_op(&mut self, result: Result<u32, i32>) -> bool {
+        if result != Ok(self.expect) {
+            self.failed = true;
+        }
+        self.ops_left = self.ops_left.saturating_sub(1);
+        self.ops_left == 0
+    }
+
+    /// Marks the request failed (it could not be handed to an engine).
+    pub fn fail(&mut self) {
+        self.failed = true;
+    }
+
+    /// Writes the status byte (after all data) and records the used length.
+    pub fn finish(&mut self, mem: &GuestMemoryMmap) -> Used {
+        let status = if self.failed {
+            Status::IoErr
+        } else {
+            Status::Ok
+        };
+        let len = if self.failed { 1 } else { self.ok_len };
+        let used = write_status(mem, self.head, self.status_addr, status, len, self.expect);
+        self.used_len = used.len;
+        self.outcome = used.outcome;
+        used
+    }
+}
+
+#[cfg(test)]
+impl IoJob {
+    /// A job of `queue` for chain `head`: one read of `len` bytes at disk offset `offset`
+    /// (tests drive the pool without building descriptor chains).
+    pub(crate) fn test_read(queue: u16, head: u16, offset: u64, status_addr: u64) -> Box<Self> {
+        let mut job = Box::<IoJob>::default();
+        job.queue = queue;
+        job.head = head;
+        job.status_addr = status_addr;
+        job.ok_len = 1;
+        job.ops[0] = IoOp::Read { offset };
+        job.n_ops = 1;
+        job
+    }
+}
+
+/// Parses chains into [`IoJob`]s: the device limits and the GET_ID answer.
+#[derive(Debug, Clone)]
+pub struct RequestParser {
+    limits: DeviceLimits,
+    id: [u8; VIRTIO_BLK_ID_BYTES],
+    metrics: Arc<DeviceMetrics>,
+}
+
+impl RequestParser {
+    /// A parser enforcing `limits` and answering GET_ID with `serial` (truncated to 20
+    /// bytes, NUL-padded).
+    pub fn new(limits: DeviceLimits, serial: &str) -> Self {
+        RequestParser {
+            limits,
+            id: encode_id(serial.as_bytes()),
+            metrics: Arc::new(DeviceMetrics::new(serial)),
+        }
+    }
+
+    /// Counts parsed requests in `metrics` (the device's counters).
+    pub fn with_metrics(mut self, metrics: Arc<DeviceMetrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Parses `chain` into `job`. Returns `Some(used)` when the request finished at once
+    /// (GET_ID, unsupported or invalid requests, empty ranges), `None` when `job` holds
+    /// engine operations to run.
+    pub fn prepare(
+        &self,
+        mem: &GuestMemoryMmap,
+        chain: &DescriptorChain,
+        job: &mut IoJob,
+    ) -> Option<Used> {
+        let head = chain.head_index();
+        job.head = head;
+        job.n_ops = 0;
+        job.failed = false;
+        job.ops_left = 0;
+        job.iovecs.clear();
+        let req = match parse_request(mem, chain.descriptors(), &self.limits) {
+            Ok(req) => req,
+            Err(e) => {
+                let len = match (e.status_addr(), e.status()) {
+                    (Some(addr), Some(status)) if mem.write(addr, &[status]).is_ok() => 1,
+                    _ => 0,
+                };
+                return Some(Used::invalid(head, len));
+            }
+        };
+        self.metrics.on_request(req.request_type());
+        job.status_addr = req.status_addr();
+        job.ok_len = req.used_len(Status::Ok);
+        job.expect = 0;
+        match req.request_type() {
+            RequestType::GetId => return Some(self.get_id(mem, head, &req)),
+            RequestType::In | RequestType::Out => {
+                for seg in req.segments() {
+                    if job
+                        .iovecs
+                        .push_guest(mem, seg.addr, u64::from(seg.len))
+                        .is_err()
+                    {
+                        return Some(finish(mem, head, &req, Status::IoErr));
+                    }
+                }
+                let offset = req.sector() * SECTOR_SIZE;
+                job.ops[0] = if req.request_type() == RequestType::In {
+                    IoOp::Read { offset }
+                } else {
+                    IoOp::Write { offset }
+                };
+                job.n_ops = 1;
+                job.expect = req.data_len();
+            }
+            RequestType::Flush => {
+                job.ops[0] = IoOp::Flush;
+                job.n_ops = 1;
+            }
+            RequestType::Discard | RequestType::WriteZeroes => {
+                let zeroes = req.request_type() == RequestType::WriteZeroes;
+                for (slot, r) in job.ops.iter_mut().zip(req.ranges()) {
+                    let offset = r.sector * SECTOR_SIZE;
+                    let len = u64::from(r.num_sectors) * SECTOR_SIZE;
+                    *slot = if zeroes {
+                        IoOp::WriteZeroes {
+                            offset,
+                            len,
+                            unmap: r.unmap,
+                        }
+                    } else {
+                        IoOp::Discard { offset, len }
+                    };
+                    job.n_ops += 1;
+                }
+                if job.n_ops == 0 {
+                    return Some(finish(mem, head, &req, Status::Ok));
+                }
+            }
+            RequestType::Unsupported(_) => return Some(finish(mem, head, &req, Status::Unsupp)),
+        }
+        None
+    }
+
+    /// GET_ID: the 20 ID bytes into the data buffers, then the status.
+    fn get_id(&self, mem: &GuestMemoryMmap, head: u16, req: &Request) -> Used {
+        let mut rest: &[u8] = &self.id;
+        for seg in req.segments() {
+            let (now, later) = rest.split_at((seg.len as usize).min(rest.len()));
+            if mem.write(seg.addr, now).is_err() {
+                return finish(mem, head, req, Status::IoErr);
+            }
+            rest = later;
+        }
+        finish(mem, head, req, Status::Ok)
+    }
+}
+
 /// Runs one queue's requests on its engine.
 pub struct Executor {
     engine: Box<dyn Engine>,
-    limits: DeviceLimits,
-    id: [u8; VIRTIO_BLK_ID_BYTES],
+    parser: RequestParser,
+    job: Box<IoJob>,
     slots: Vec<Option<InFlight>>,
     free: Vec<u32>,
-    iovecs: IovecList,
     completions: Vec<Completion>,
 }
 
@@ -69,14 +345,19 @@ impl Executor {
     /// An executor over `engine` (built with [`engine_depth`]), enforcing `limits` and
     /// answering GET_ID with `serial` (truncated to 20 bytes, NUL-padded).
     pub fn new(engine: Box<dyn Engine>, limits: DeviceLimits, serial: &str) -> Self {
+        Self::with_parser(engine, RequestParser::new(limits, serial))
+    }
+
+    /// An executor over `engine` parsing with `parser`.
+    pub fn with_parser(engine: Box<dyn Engine>, parser: RequestParser) -> Self {
+        let depth = engine.capacity();
         Executor {
             engine,
-            limits,
-            id: encode_id(serial.as_bytes()),
-            slots: Vec::new(),
-            free: Vec::new(),
-            iovecs: IovecList::new(),
-            completions: Vec::new(),
+            parser,
+            job: IoJob::with_capacity(64),
+            slots: Vec::with_capacity(depth),
+            free: Vec::with_capacity(depth),
+            completions: Vec::with_capacity(depth),
         }
     }
 
@@ -114,150 +395,31 @@ impl Executor {
     }
 
     /// Parses `chain` and starts its request; a request that finishes at once (GET_ID,
-    /// invalid requests) is appended to `used`.
-    pub fn start(&mut self, mem: &GuestMemoryMmap, chain: &DescriptorChain, used: &mut Vec<Used>) {
-        let head = chain.head_index();
-        let req = match parse_request(mem, chain.descriptors(), &self.limits) {
-            Ok(req) => req,
-            Err(e) => {
-                let len = match (e.status_addr(), e.status()) {
-                    (Some(addr), Some(status)) if mem.write(addr, &[status]).is_ok() => 1,
-                    _ => 0,
-                };
-                used.push(Used { head, len });
-                return;
-            }
-        };
-        match req.request_type() {
-            RequestType::GetId => used.push(self.get_id(mem, head, &req)),
-            RequestType::In => self.start_rw(
-                mem,
-                head,
-                &req,
-                IoOp::Read {
-                    offset: req.sector() * SECTOR_SIZE,
-                },
-                used,
-            ),
-            RequestType::Out => self.start_rw(
-                mem,
-                head,
-                &req,
-                IoOp::Write {
-                    offset: req.sector() * SECTOR_SIZE,
-                },
-                used,
-            ),
-            RequestType::Flush => self.submit(mem, head, &req, &[IoOp::Flush], 0, used),
-            RequestType::Discard | RequestType::WriteZeroes => {
-                self.start_ranges(mem, head, &req, used)
-            }
-            RequestType::Unsupported(_) => used.push(finish(mem, head, &req, Status::Unsupp)),
-        }
-    }
-
-    /// GET_ID: the 20 ID bytes into the data buffers, then the status.
-    fn get_id(&self, mem: &GuestMemoryMmap, head: u16, req: &Request) -> Used {
-        let mut rest: &[u8] = &self.id;
-        for seg in req.segments() {
-            let (now, later) = rest.split_at((seg.len as usize).min(rest.len()));
-            if mem.write(seg.addr, now).is_err() {
-                return finish(mem, head, req, Status::IoErr);
-            }
-            rest = later;
-        }
-        finish(mem, head, req, Status::Ok)
-    }
-
-    fn start_rw(
+    /// invalid requests) is appended to `used`. Returns `true` when the request went to
+    /// the engine.
+    pub fn start(
         &mut self,
         mem: &GuestMemoryMmap,
-        head: u16,
-        req: &Request,
-        op: IoOp,
+        chain: &DescriptorChain,
         used: &mut Vec<Used>,
-    ) {
-        self.iovecs.clear();
-        for seg in req.segments() {
-            if self
-                .iovecs
-                .push_guest(mem, seg.addr, u64::from(seg.len))
-                .is_err()
-            {
-                used.push(finish(mem, head, req, Status::IoErr));
-                return;
-            }
+    ) -> bool {
+        if let Some(done) = self.parser.prepare(mem, chain, &mut self.job) {
+            used.push(done);
+            return false;
         }
-        self.submit(mem, head, req, &[op], req.data_len(), used);
-    }
-
-    fn start_ranges(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        head: u16,
-        req: &Request,
-        used: &mut Vec<Used>,
-    ) {
-        let zeroes = req.request_type() == RequestType::WriteZeroes;
-        let mut ops = [IoOp::Flush; MAX_DISCARD_SEGMENTS];
-        let mut n = 0;
-        for (slot, r) in ops.iter_mut().zip(req.ranges()) {
-            let offset = r.sector * SECTOR_SIZE;
-            let len = u64::from(r.num_sectors) * SECTOR_SIZE;
-            *slot = if zeroes {
-                IoOp::WriteZeroes {
-                    offset,
-                    len,
-                    unmap: r.unmap,
-                }
-            } else {
-                IoOp::Discard { offset, len }
-            };
-            n += 1;
-        }
-        self.iovecs.clear();
-        match ops.get(..n) {
-            Some(ops) if !ops.is_empty() => self.submit(mem, head, req, ops, 0, used),
-            _ => used.push(finish(mem, head, req, Status::Ok)),
-        }
-    }
-
-    /// Submits `ops` (sharing `self.iovecs`) as one request; `expect` bytes each.
-    fn submit(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        head: u16,
-        req: &Request,
-        ops: &[IoOp],
-        expect: u32,
-        used: &mut Vec<Used>,
-    ) {
         let flight = InFlight {
-            head,
-            status_addr: req.status_addr(),
-            ok_len: req.used_len(Status::Ok),
-            expect,
+            head: self.job.head,
+            status_addr: self.job.status_addr,
+            ok_len: self.job.ok_len,
+            expect: self.job.expect,
             ops_left: 0,
             failed: false,
         };
         let slot = self.alloc(flight);
-        let mut submitted = 0u16;
-        let mut failed = false;
-        for op in ops {
-            // SAFETY: the iovecs point into guest RAM (bounds-checked by `IovecList::push_guest`),
-            // which stays mapped for the VM's life, i.e. past this request's completion.
-            // The guest owns those bytes and may touch them meanwhile; that only affects the
-            // data of its own request, as with real DMA.
-            match unsafe {
-                self.engine
-                    .submit(*op, self.iovecs.as_slice(), u64::from(slot))
-            } {
-                Ok(()) => submitted += 1,
-                // QueueFull cannot happen while `has_room` gates `start`; fail the request
-                // rather than lose it if it ever does.
-                Err(_) => failed = true,
-            }
-        }
+        // QueueFull cannot happen while `has_room` gates `start`; a refused operation
+        // fails the request rather than losing it.
+        let submitted = self.job.submit_to(self.engine.as_mut(), u64::from(slot));
+        let failed = self.job.failed;
         if let Some(Some(f)) = self.slots.get_mut(slot as usize) {
             f.ops_left = submitted;
             f.failed |= failed;
@@ -267,6 +429,7 @@ impl Executor {
                 used.push(done);
             }
         }
+        true
     }
 
     /// Reaps finished operations; completes the requests whose last operation finished.
@@ -314,13 +477,27 @@ impl Executor {
         self.free.push(slot);
         let status = if f.failed { Status::IoErr } else { Status::Ok };
         let len = if f.failed { 1 } else { f.ok_len };
-        Some(write_status(mem, f.head, f.status_addr, status, len))
+        Some(write_status(
+            mem,
+            f.head,
+            f.status_addr,
+            status,
+            len,
+            f.expect,
+        ))
     }
 }
 
 /// Completes `req` immediately with `status`.
 fn finish(mem: &GuestMemoryMmap, head: u16, req: &Request, status: Status) -> Used {
-    write_status(mem, head, req.status_addr(), status, req.used_len(status))
+    write_status(
+        mem,
+        head,
+        req.status_addr(),
+        status,
+        req.used_len(status),
+        0,
+    )
 }
 
 /// Writes the status byte (the last thing the device writes) and builds the used element.
@@ -331,9 +508,26 @@ fn write_status(
     status_addr: u64,
     status: Status,
     len: u32,
+    bytes: u32,
 ) -> Used {
     match status.write_to(mem, status_addr) {
-        Ok(()) => Used { head, len },
-        Err(_) => Used { head, len: 0 },
+        Ok(()) if status == Status::Ok => Used {
+            head,
+            len,
+            bytes,
+            outcome: Outcome::Ok,
+        },
+        Ok(()) => Used {
+            head,
+            len,
+            bytes: 0,
+            outcome: Outcome::Failed,
+        },
+        Err(_) => Used {
+            head,
+            len: 0,
+            bytes: 0,
+            outcome: Outcome::Failed,
+        },
     }
 }

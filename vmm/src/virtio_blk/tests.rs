@@ -358,14 +358,21 @@ mod with_kvm {
         vm.create_irq_chip().expect("irqchip");
         let mem =
             GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).expect("guest memory");
-        let ctx = DeviceContext {
-            vm: vm.clone(),
-            mem: mem.clone(),
-            msi: Arc::new(MsiRouter::new(vm)),
-            bar0_addr: BAR0,
+        let mut ctx = DeviceContext::new(
+            vm.clone(),
+            mem.clone(),
+            Arc::new(MsiRouter::new(vm)),
+            BAR0,
             io_mode,
-            poll_us: 20,
-        };
+        );
+        ctx.poll_us = 20;
+        if io_mode == IoMode::Iothread {
+            // The VM's shared loop, as `attach_disks` builds it.
+            let io =
+                crate::virtio_blk::iothread::IoThread::start(Arc::new(std::sync::Mutex::new(())))
+                    .expect("iothread");
+            ctx.iothread = Some(Arc::new(io));
+        }
         let cfg = DiskConfig {
             path: path.to_path_buf(),
             readonly: false,
@@ -374,6 +381,7 @@ mod with_kvm {
             queues,
             queue_size: QSIZE,
             serial: SERIAL.to_string(),
+            fault: None,
         };
         (VirtioBlkPci::new(&cfg, ctx).expect("device"), mem)
     }
@@ -519,17 +527,41 @@ mod with_kvm {
     }
 
     #[test]
+    fn workers_mode_with_sync_engine_serves_reads() {
+        read_sector_5(IoMode::Workers, EngineChoice::Sync, true);
+    }
+
+    #[test]
+    fn workers_mode_with_io_uring_serves_reads() {
+        read_sector_5(IoMode::Workers, EngineChoice::IoUring, false);
+    }
+
+    #[test]
     fn vcpu_mode_serves_reads_in_the_caller() {
         read_sector_5(IoMode::Vcpu, EngineChoice::Sync, true);
     }
 
     #[test]
     fn two_queues_are_served_each_on_its_ring() {
+        two_queues(IoMode::Dataplane);
+    }
+
+    #[test]
+    fn two_queues_share_the_worker_pool() {
+        two_queues(IoMode::Workers);
+    }
+
+    #[test]
+    fn two_queues_share_the_iothread() {
+        two_queues(IoMode::Iothread);
+    }
+
+    fn two_queues(mode: IoMode) {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("disk.img");
         let pattern: Vec<u8> = (0..DISK_SIZE).map(|i| (i / 512) as u8).collect();
         std::fs::write(&path, pattern).expect("image");
-        let (mut dev, mem) = device(&path, IoMode::Dataplane, EngineChoice::IoUring, 2);
+        let (mut dev, mem) = device(&path, mode, EngineChoice::IoUring, 2);
         w(&mut dev, common::DEVICE_FEATURE_SELECT, &0u32.to_le_bytes());
         assert_ne!(
             r32(&mut dev, common::DEVICE_FEATURE) & (1 << 12),

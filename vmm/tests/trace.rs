@@ -1,0 +1,373 @@
+//! Tracing end to end: boot the real test guest with `trace=1` under `vmm --trace --metrics`
+//! in every io mode and check the timeline against what the guest itself measured.
+//!
+//! These tests need /dev/kvm and fail (never skip) without it.
+
+#[path = "../../xtask/src/guest.rs"]
+#[allow(dead_code)]
+mod guest;
+#[path = "../src/trace/json_check.rs"]
+mod json_check;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use json_check::{parse, Value};
+
+/// Stage names in timeline order (a request's slices must follow it).
+const ORDER: [&str; 10] = [
+    "GuestKick",
+    "KickSeen",
+    "Popped",
+    "Parsed",
+    "HandedToWorker",
+    "BackendSubmit",
+    "BackendComplete",
+    "UsedPublished",
+    "IrqInjected",
+    "GuestComplete",
+];
+
+fn require_kvm() {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        panic!("these tests boot a VM and need read-write access to /dev/kvm: {e}");
+    }
+}
+
+/// The guest ELF, built once (into `$CARGO_TARGET_DIR/guest` when that is set, else where
+/// xtask and the other end-to-end tests build it).
+fn guest_elf() -> &'static Path {
+    static ELF: OnceLock<PathBuf> = OnceLock::new();
+    ELF.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let Some(target) = std::env::var_os("CARGO_TARGET_DIR") else {
+            return guest::build_guest(root).unwrap_or_else(|e| panic!("{e}"));
+        };
+        let target = PathBuf::from(target).join("guest");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(root)
+            .env("CARGO_TARGET_DIR", &target)
+            .env("RUSTFLAGS", guest::GUEST_RUSTFLAGS)
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .args(["build", "--release", "-p", "guest-test-kernel"])
+            .args(["--features", "guest", "--target", guest::GUEST_TARGET])
+            .status()
+            .expect("run cargo");
+        assert!(status.success(), "building the guest failed");
+        target
+            .join(guest::GUEST_TARGET)
+            .join("release")
+            .join("guest-test-kernel")
+    })
+}
+
+fn temp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vmm-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn image() -> &'static Path {
+    static IMG: OnceLock<PathBuf> = OnceLock::new();
+    IMG.get_or_init(|| {
+        let path = temp_dir().join("disk.img");
+        let data: Vec<u8> = (0..32u64 << 20)
+            .map(|i| (i.wrapping_mul(31) >> 3) as u8)
+            .collect();
+        std::fs::write(&path, data).unwrap();
+        path
+    })
+}
+
+/// One traced run: the guest's output, and the parsed trace and metrics.
+struct Run {
+    stdout: String,
+    trace: Value,
+    metrics: Value,
+}
+
+/// Boots the guest in io mode `mode`; `label` names the output files (tests run in parallel).
+fn run(label: &str, mode: &str, cmdline: &str) -> Run {
+    require_kvm();
+    let dir = temp_dir();
+    let (trace, metrics) = (
+        dir.join(format!("{label}.json")),
+        dir.join(format!("{label}-metrics.json")),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .arg("--kernel")
+        .arg(guest_elf())
+        .args(["--memory", "256M", "--io-mode", mode, "--cmdline", cmdline])
+        .arg("--disk")
+        .arg(format!("path={},serial=trace", image().display()))
+        .arg("--trace")
+        .arg(&trace)
+        .arg("--metrics")
+        .arg(&metrics)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start vmm");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(status, Some(0), "vmm --io-mode {mode} failed:\n{stdout}");
+    let read = |p: &Path| {
+        let text = std::fs::read_to_string(p)
+            .unwrap_or_else(|e| panic!("{} not written: {e}", p.display()));
+        parse(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", p.display()))
+    };
+    Run {
+        trace: read(&trace),
+        metrics: read(&metrics),
+        stdout,
+    }
+}
+
+fn num(v: &Value, path: &[&str]) -> f64 {
+    let mut cur = v;
+    for k in path {
+        cur = cur.get(k).unwrap_or_else(|| panic!("no {k} in {path:?}"));
+    }
+    cur.as_f64()
+        .unwrap_or_else(|| panic!("{path:?} is not a number"))
+}
+
+/// A request's slices, as (name, ts, dur), in file order.
+#[derive(Default)]
+struct Req {
+    total: Option<(f64, f64)>,
+    guest_latency_us: Option<f64>,
+    stages: Vec<(String, f64, f64)>,
+}
+
+fn requests(trace: &Value) -> Vec<Req> {
+    let events = trace
+        .get("traceEvents")
+        .and_then(Value::as_array)
+        .expect("traceEvents");
+    let mut reqs: Vec<Req> = Vec::new();
+    for e in events {
+        let Some(id) = e
+            .get("args")
+            .and_then(|a| a.get("req"))
+            .and_then(Value::as_f64)
+        else {
+            assert_eq!(e.get("ph").and_then(Value::as_str), Some("M"), "{e:?}");
+            continue;
+        };
+        assert_eq!(e.get("ph").and_then(Value::as_str), Some("X"));
+        assert!(e.get("pid").and_then(Value::as_f64).is_some());
+        assert!(e.get("tid").and_then(Value::as_f64).is_some());
+        let id = id as usize;
+        if reqs.len() <= id {
+            reqs.resize_with(id + 1, Req::default);
+        }
+        let (ts, dur) = (num(e, &["ts"]), num(e, &["dur"]));
+        let name = e.get("name").and_then(Value::as_str).unwrap().to_string();
+        let r = &mut reqs[id];
+        match e.get("cat").and_then(Value::as_str) {
+            Some("request") => {
+                r.total = Some((ts, dur));
+                r.guest_latency_us = e
+                    .get("args")
+                    .and_then(|a| a.get("guest_latency_us"))
+                    .and_then(Value::as_f64);
+            }
+            Some("stage") => r.stages.push((name, ts, dur)),
+            other => panic!("unexpected category {other:?}"),
+        }
+    }
+    reqs
+}
+
+/// Slices 1 ns apart print as 0.001 us; sums of a dozen such roundings stay below this.
+const ROUNDING_US: f64 = 0.02;
+
+/// The checks every traced run must pass; returns the number of requests.
+fn check_trace(mode: &str, r: &Run) -> usize {
+    let other = r.trace.get("otherData").expect("otherData");
+    let accuracy_us = num(other, &["mapping", "accuracy_ns"]) / 1e3;
+    let reqs = requests(&r.trace);
+    assert!(!reqs.is_empty(), "{mode}: no requests traced");
+    for (i, q) in reqs.iter().enumerate() {
+        let (start, dur) = q
+            .total
+            .unwrap_or_else(|| panic!("{mode}: request {i} has no slice"));
+        assert!(!q.stages.is_empty());
+        // Ordered, non-negative, contiguous, in timeline order.
+        let mut at = start;
+        let mut rank = 0;
+        for (name, ts, d) in &q.stages {
+            assert!(*d >= 0.0, "{mode}: request {i}: {name} lasts {d} us");
+            assert!(
+                (ts - at).abs() < 0.0015,
+                "{mode}: request {i}: {name} at {ts}, expected {at}"
+            );
+            let r = ORDER.iter().position(|n| n == name).expect("known stage");
+            assert!(r >= rank, "{mode}: request {i}: {name} out of order");
+            rank = r + 1;
+            at = ts + d;
+        }
+        assert!(
+            (at - (start + dur)).abs() < ROUNDING_US,
+            "{mode}: request {i}"
+        );
+        // The stages add up to what the guest measured, within the mapping's accuracy.
+        let guest = q
+            .guest_latency_us
+            .expect("every request is matched to the guest's");
+        assert!(
+            (dur - guest).abs() <= 2.0 * accuracy_us + ROUNDING_US,
+            "{mode}: request {i}: stages sum to {dur} us, guest measured {guest} us (accuracy {accuracy_us} us)"
+        );
+    }
+    // The clocks agree: no device stamp outside the guest's window beyond the accuracy.
+    let disorder_us = num(other, &["max_disorder_ns"]) / 1e3;
+    assert!(
+        disorder_us <= 2.0 * accuracy_us + 1.0,
+        "{mode}: device stamps {disorder_us} us outside the guest's window (accuracy {accuracy_us} us)"
+    );
+    // The data agree: the offset error they allow includes zero.
+    let bounds = other
+        .get("error_bounds_ns")
+        .and_then(Value::as_array)
+        .expect("error bounds");
+    let (lo, hi) = (bounds[0].as_f64().unwrap(), bounds[1].as_f64().unwrap());
+    let slack_ns = 2.0 * accuracy_us * 1e3 + 1000.0;
+    assert!(
+        lo <= slack_ns && hi >= -slack_ns,
+        "{mode}: the trace bounds the clock error to [{lo}, {hi}] ns"
+    );
+    // The summary's table covers the same requests and its shares add up.
+    let total = other.get("total").expect("total row");
+    assert_eq!(num(total, &["count"]) as usize, reqs.len());
+    let shares: f64 = other
+        .get("stages")
+        .and_then(Value::as_array)
+        .unwrap()
+        .iter()
+        .map(|s| num(s, &["share"]))
+        .sum();
+    assert!(
+        (shares - 1.0).abs() < 1e-3,
+        "{mode}: shares sum to {shares}"
+    );
+    reqs.len()
+}
+
+fn bench_result(stdout: &str) -> Value {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.split_once("RESULT ").map(|(_, r)| r))
+        .unwrap_or_else(|| panic!("no RESULT line:\n{stdout}"));
+    parse(line.trim()).unwrap()
+}
+
+fn check_mode(mode: &str) {
+    let r = run(
+        mode,
+        mode,
+        "tests=none bench=randread bs=4096 qd=1 secs=1 completion=poll trace=1",
+    );
+    let n = check_trace(mode, &r) as f64;
+    let other = r.trace.get("otherData").unwrap();
+    // Every request the guest logged was found on the device, none lost.
+    assert_eq!(num(other, &["guest_entries"]), n, "{mode}");
+    assert_eq!(num(other, &["guest_completed"]), n, "{mode}");
+    assert_eq!(num(other, &["matched"]), n, "{mode}");
+    assert_eq!(num(other, &["dropped"]), 0.0, "{mode}");
+    // The device's counters agree with the guest: its only requests were the bench's reads.
+    let dev = r
+        .metrics
+        .get("devices")
+        .and_then(Value::as_array)
+        .and_then(|d| d.first())
+        .expect("one device");
+    assert_eq!(num(dev, &["requests"]), n, "{mode}");
+    assert_eq!(num(dev, &["by_type", "in"]), n, "{mode}");
+    assert_eq!(num(dev, &["completed"]), n, "{mode}");
+    assert_eq!(num(dev, &["failed"]), 0.0, "{mode}");
+    assert_eq!(num(dev, &["in_flight"]), 0.0, "{mode}");
+    assert_eq!(num(dev, &["bytes"]), n * 4096.0, "{mode}");
+    assert_eq!(num(dev, &["latency_ns", "count"]), n, "{mode}");
+    // And with the guest's own figure: IOPS x seconds is the request count (the run's
+    // measured span differs from the nominal second by the last request's latency).
+    let result = bench_result(&r.stdout);
+    let expect = num(&result, &["iops"]) * num(&result, &["secs"]);
+    assert!(
+        (expect - n).abs() <= 0.05 * n + 2.0,
+        "{mode}: guest reports {expect} requests, trace has {n}"
+    );
+}
+
+#[test]
+fn traced_vcpu_mode_is_consistent() {
+    check_mode("vcpu");
+}
+
+#[test]
+fn traced_iothread_mode_is_consistent() {
+    check_mode("iothread");
+}
+
+#[test]
+fn traced_dataplane_mode_is_consistent() {
+    check_mode("dataplane");
+}
+
+#[test]
+fn traced_workers_mode_is_consistent() {
+    check_mode("workers");
+}
+
+/// The self-tests drive every request type through resets and several queue set-ups; every
+/// request the guest logged must still find its device stamps.
+#[test]
+fn self_tests_trace_completely() {
+    let r = run("selftests", "workers", "tests=all completion=poll trace=1");
+    assert!(
+        r.stdout.contains("TESTS passed=") && r.stdout.contains("failed=0"),
+        "{}",
+        r.stdout
+    );
+    let n = check_trace("workers/tests", &r) as f64;
+    let other = r.trace.get("otherData").unwrap();
+    assert_eq!(num(other, &["matched"]), n);
+    assert_eq!(
+        num(other, &["guest_completed"]),
+        n,
+        "a completed request was not matched"
+    );
+    let dev = r
+        .metrics
+        .get("devices")
+        .and_then(Value::as_array)
+        .and_then(|d| d.first())
+        .unwrap();
+    // Some requests are the guest's (logged), some a foreign driver's (not logged); chains
+    // that fail validation count as errors, not requests.
+    let device = num(dev, &["requests"]) + num(dev, &["errors"]);
+    assert!(
+        device >= n && n > 0.0,
+        "device saw {device} requests, trace has {n}"
+    );
+}
