@@ -30,7 +30,8 @@ pub struct Cli {
     pub cpus: u8,
     /// A virtio-blk disk, as comma-separated key=value items: path=PATH (required),
     /// readonly=on|off, direct=on|off, engine=sync|io_uring, queues=N, queue-size=N (a power of
-    /// two up to 256), serial=STR (up to 20 bytes). Repeat for more disks.
+    /// two up to 256), serial=STR (up to 20 bytes), fault=SPEC (inject I/O errors: the grammar
+    /// of backend-raw's FaultSpec, with `;` between conditions). Repeat for more disks.
     #[arg(long, value_name = "path=PATH,...")]
     pub disk: Vec<String>,
     /// Which host threads serve the disks' queues.

@@ -231,7 +231,10 @@ pub fn process_mode() -> SeccompMode {
 /// the process aborts. [`probe`] at start-up makes this a can't-happen.
 pub fn apply_thread(kind: ThreadKind) {
     if let Err(e) = apply_mode(kind, process_mode()) {
-        eprintln!("vmm: {e}; stopping rather than running an unconfined {} thread", kind.name());
+        eprintln!(
+            "vmm: {e}; stopping rather than running an unconfined {} thread",
+            kind.name()
+        );
         std::process::abort();
     }
 }

@@ -28,18 +28,66 @@ pub struct Case {
 
 /// The workloads, in table order.
 pub const CASES: [Case; 5] = [
-    Case { name: "randread-4k-qd1", workload: Workload { pattern: "randread", bs: 4096, qd: 1 }, shm: false },
-    Case { name: "randread-4k-qd32", workload: Workload { pattern: "randread", bs: 4096, qd: 32 }, shm: false },
-    Case { name: "randwrite-4k-qd1", workload: Workload { pattern: "randwrite", bs: 4096, qd: 1 }, shm: false },
-    Case { name: "seqread-128k-qd8", workload: Workload { pattern: "seqread", bs: 131072, qd: 8 }, shm: false },
-    Case { name: "shm-randread-4k-qd1", workload: Workload { pattern: "randread", bs: 4096, qd: 1 }, shm: true },
+    Case {
+        name: "randread-4k-qd1",
+        workload: Workload {
+            pattern: "randread",
+            bs: 4096,
+            qd: 1,
+        },
+        shm: false,
+    },
+    Case {
+        name: "randread-4k-qd32",
+        workload: Workload {
+            pattern: "randread",
+            bs: 4096,
+            qd: 32,
+        },
+        shm: false,
+    },
+    Case {
+        name: "randwrite-4k-qd1",
+        workload: Workload {
+            pattern: "randwrite",
+            bs: 4096,
+            qd: 1,
+        },
+        shm: false,
+    },
+    Case {
+        name: "seqread-128k-qd8",
+        workload: Workload {
+            pattern: "seqread",
+            bs: 131072,
+            qd: 8,
+        },
+        shm: false,
+    },
+    Case {
+        name: "shm-randread-4k-qd1",
+        workload: Workload {
+            pattern: "randread",
+            bs: 4096,
+            qd: 1,
+        },
+        shm: true,
+    },
 ];
 
 /// Every system, in table order.
 /// `vmm-workers-traced` is `vmm-workers` with `--trace` (and the guest's `trace=1`): the
 /// price of tracing, shown beside the untraced run.
-pub const SYSTEMS: [&str; 8] =
-    ["bare-metal-fio", "bare-metal", "vmm-vcpu", "vmm-iothread", "vmm-dataplane", "vmm-workers", "vmm-workers-traced", "qemu-iothread"];
+pub const SYSTEMS: [&str; 8] = [
+    "bare-metal-fio",
+    "bare-metal",
+    "vmm-vcpu",
+    "vmm-iothread",
+    "vmm-dataplane",
+    "vmm-workers",
+    "vmm-workers-traced",
+    "qemu-iothread",
+];
 
 /// What a bench run needs to know.
 pub struct Setup {
@@ -64,16 +112,33 @@ pub struct Setup {
 }
 
 fn guest_bench_cmdline(w: &Workload, secs: u32) -> String {
-    format!("tests=none bench={} bs={} qd={} secs={secs} completion=poll", w.pattern, w.bs, w.qd)
+    format!(
+        "tests=none bench={} bs={} qd={} secs={secs} completion=poll",
+        w.pattern, w.bs, w.qd
+    )
 }
 
 /// Reads the `RESULT` line of a guest run.
 pub fn parse_guest_result(stdout: &str) -> Result<Summary, String> {
     let report = GuestReport::parse(stdout);
-    let line = report.results.last().ok_or_else(|| format!("the guest printed no RESULT line; its output ended with:\n{}", tail(stdout)))?;
-    let v: Value = serde_json::from_str(line).map_err(|e| format!("bad RESULT json ({e}): {line}"))?;
-    let num = |k: &str| v[k].as_f64().ok_or_else(|| format!("RESULT lacks {k}: {line}"));
-    Ok(Summary { iops: num("iops")?, mib_s: num("mib_s")?, lat_p50_us: num("lat_p50_us")?, lat_p99_us: num("lat_p99_us")? })
+    let line = report.results.last().ok_or_else(|| {
+        format!(
+            "the guest printed no RESULT line; its output ended with:\n{}",
+            tail(stdout)
+        )
+    })?;
+    let v: Value =
+        serde_json::from_str(line).map_err(|e| format!("bad RESULT json ({e}): {line}"))?;
+    let num = |k: &str| {
+        v[k].as_f64()
+            .ok_or_else(|| format!("RESULT lacks {k}: {line}"))
+    };
+    Ok(Summary {
+        iops: num("iops")?,
+        mib_s: num("mib_s")?,
+        lat_p50_us: num("lat_p50_us")?,
+        lat_p99_us: num("lat_p99_us")?,
+    })
 }
 
 fn tail(s: &str) -> String {
@@ -84,9 +149,14 @@ fn tail(s: &str) -> String {
 /// Reads fio's `--output-format=json`.
 pub fn parse_fio(json_text: &str, write: bool) -> Result<Summary, String> {
     let start = json_text.find('{').ok_or("fio printed no JSON")?;
-    let v: Value = serde_json::from_str(&json_text[start..]).map_err(|e| format!("bad fio JSON: {e}"))?;
+    let v: Value =
+        serde_json::from_str(&json_text[start..]).map_err(|e| format!("bad fio JSON: {e}"))?;
     let side = &v["jobs"][0][if write { "write" } else { "read" }];
-    let pct = |p: &str| side["clat_ns"]["percentile"][p].as_f64().map(|ns| ns / 1000.0);
+    let pct = |p: &str| {
+        side["clat_ns"]["percentile"][p]
+            .as_f64()
+            .map(|ns| ns / 1000.0)
+    };
     Ok(Summary {
         iops: side["iops"].as_f64().ok_or("fio JSON lacks iops")?,
         mib_s: side["bw_bytes"].as_f64().ok_or("fio JSON lacks bw_bytes")? / (1 << 20) as f64,
@@ -110,29 +180,57 @@ fn run_fio(fio: &Path, image: &Path, case: &Case, secs: u32) -> Result<Summary, 
         .output()
         .map_err(|e| format!("cannot run fio: {e}"))?;
     if !out.status.success() {
-        return Err(format!("fio failed: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "fio failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
-    parse_fio(&String::from_utf8_lossy(&out.stdout), w.pattern.ends_with("write"))
+    parse_fio(
+        &String::from_utf8_lossy(&out.stdout),
+        w.pattern.ends_with("write"),
+    )
 }
 
-fn run_vmm(setup: &Setup, mode: &str, image: &Path, case: &Case, traced: bool) -> Result<Summary, String> {
+fn run_vmm(
+    setup: &Setup,
+    mode: &str,
+    image: &Path,
+    case: &Case,
+    traced: bool,
+) -> Result<Summary, String> {
     let mut cmd = Command::new(&setup.vmm);
-    cmd.arg("--kernel").arg(&setup.guest).args(["--memory", "256M", "--io-mode", mode]);
+    cmd.arg("--kernel")
+        .arg(&setup.guest)
+        .args(["--memory", "256M", "--io-mode", mode]);
     let mut cmdline = guest_bench_cmdline(&case.workload, setup.secs);
-    let trace_file = std::env::temp_dir().join(format!("vmm-bench-trace-{}.json", std::process::id()));
+    let trace_file =
+        std::env::temp_dir().join(format!("vmm-bench-trace-{}.json", std::process::id()));
     if traced {
         cmdline.push_str(" trace=1");
         cmd.arg("--trace").arg(&trace_file);
     }
     cmd.args(["--cmdline", &cmdline]);
-    cmd.arg("--disk").arg(format!("path={},direct={},engine=io_uring,serial=bench", image.display(), if case.shm { "off" } else { "on" }));
-    let out = run_guest(cmd, Peer::Vmm, Duration::from_secs(u64::from(setup.secs) + 60), false);
+    cmd.arg("--disk").arg(format!(
+        "path={},direct={},engine=io_uring,serial=bench",
+        image.display(),
+        if case.shm { "off" } else { "on" }
+    ));
+    let out = run_guest(
+        cmd,
+        Peer::Vmm,
+        Duration::from_secs(u64::from(setup.secs) + 60),
+        false,
+    );
     if traced {
         let _ = std::fs::remove_file(&trace_file);
     }
     let out = out?;
     if out.guest_code != Some(0) {
-        return Err(format!("vmm --io-mode {mode} ended with {:?}:\n{}", out.guest_code, tail(&out.stdout)));
+        return Err(format!(
+            "vmm --io-mode {mode} ended with {:?}:\n{}",
+            out.guest_code,
+            tail(&out.stdout)
+        ));
     }
     parse_guest_result(&out.stdout)
 }
@@ -140,29 +238,77 @@ fn run_vmm(setup: &Setup, mode: &str, image: &Path, case: &Case, traced: bool) -
 fn run_qemu(qemu: &Path, setup: &Setup, image: &Path, case: &Case) -> Result<Summary, String> {
     let cache = if case.shm { "writeback" } else { "none" };
     let mut cmd = Command::new(qemu);
-    cmd.args(["-M", "q35", "-enable-kvm", "-cpu", "host,-arch-capabilities", "-m", "256"])
-        .args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-object", "iothread,id=io0"])
-        .arg("-kernel")
-        .arg(&setup.guest)
-        .arg("-append")
-        .arg(guest_bench_cmdline(&case.workload, setup.secs))
-        .arg("-drive")
-        .arg(format!("file={},if=none,id=d0,format=raw,cache={cache},aio=io_uring", image.display()))
-        .args(["-device", "virtio-blk-pci,drive=d0,iothread=io0,serial=bench,disable-legacy=on"]);
-    let out = run_guest(cmd, Peer::Qemu, Duration::from_secs(u64::from(setup.secs) + 60), false)?;
+    cmd.args([
+        "-M",
+        "q35",
+        "-enable-kvm",
+        "-cpu",
+        "host,-arch-capabilities",
+        "-m",
+        "256",
+    ])
+    .args([
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+    ])
+    .args([
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=4",
+        "-object",
+        "iothread,id=io0",
+    ])
+    .arg("-kernel")
+    .arg(&setup.guest)
+    .arg("-append")
+    .arg(guest_bench_cmdline(&case.workload, setup.secs))
+    .arg("-drive")
+    .arg(format!(
+        "file={},if=none,id=d0,format=raw,cache={cache},aio=io_uring",
+        image.display()
+    ))
+    .args([
+        "-device",
+        "virtio-blk-pci,drive=d0,iothread=io0,serial=bench,disable-legacy=on",
+    ]);
+    let out = run_guest(
+        cmd,
+        Peer::Qemu,
+        Duration::from_secs(u64::from(setup.secs) + 60),
+        false,
+    )?;
     if out.guest_code != Some(0) {
-        return Err(format!("QEMU run ended with {:?}:\n{}", out.guest_code, tail(&out.stdout)));
+        return Err(format!(
+            "QEMU run ended with {:?}:\n{}",
+            out.guest_code,
+            tail(&out.stdout)
+        ));
     }
     parse_guest_result(&out.stdout)
 }
 
 fn run_point(setup: &Setup, system: &str, case: &Case) -> Result<Summary, String> {
-    let image = if case.shm { &setup.shm_image } else { &setup.disk_image };
+    let image = if case.shm {
+        &setup.shm_image
+    } else {
+        &setup.disk_image
+    };
     match system {
-        "bare-metal-fio" => run_fio(setup.fio.as_deref().ok_or("fio is not installed")?, image, case, setup.secs),
+        "bare-metal-fio" => run_fio(
+            setup.fio.as_deref().ok_or("fio is not installed")?,
+            image,
+            case,
+            setup.secs,
+        ),
         "bare-metal" => hostbench::run(image, !case.shm, case.workload, f64::from(setup.secs)),
-        "qemu-iothread" => run_qemu(setup.qemu.as_deref().ok_or("QEMU is not installed")?, setup, image, case),
+        "qemu-iothread" => run_qemu(
+            setup.qemu.as_deref().ok_or("QEMU is not installed")?,
+            setup,
+            image,
+            case,
+        ),
         "vmm-workers-traced" => run_vmm(setup, "workers", image, case, true),
         vmm => run_vmm(setup, vmm.trim_start_matches("vmm-"), image, case, false),
     }
@@ -179,7 +325,12 @@ impl Point {
     /// Median of each figure over the repeats.
     pub fn median(&self) -> Summary {
         let pick = |f: fn(&Summary) -> f64| median(&self.runs.iter().map(f).collect::<Vec<_>>());
-        Summary { iops: pick(|s| s.iops), mib_s: pick(|s| s.mib_s), lat_p50_us: pick(|s| s.lat_p50_us), lat_p99_us: pick(|s| s.lat_p99_us) }
+        Summary {
+            iops: pick(|s| s.iops),
+            mib_s: pick(|s| s.mib_s),
+            lat_p50_us: pick(|s| s.lat_p50_us),
+            lat_p99_us: pick(|s| s.lat_p99_us),
+        }
     }
 
     /// Spread of the IOPS over the repeats, in percent of the median.
@@ -214,11 +365,18 @@ pub fn run_all(setup: &Setup) -> Results {
                 match run_point(setup, system, case) {
                     Ok(s) => {
                         print!("{:>9.0} IOPS {:>8.1} us p50", s.iops, s.lat_p50_us);
-                        results.points.entry((case.name.into(), system.into())).or_default().runs.push(s);
+                        results
+                            .points
+                            .entry((case.name.into(), system.into()))
+                            .or_default()
+                            .runs
+                            .push(s);
                     }
                     Err(e) => {
                         println!("\n{system} left out: {e}");
-                        results.skipped.insert(system.into(), e.lines().next().unwrap_or("").to_string());
+                        results
+                            .skipped
+                            .insert(system.into(), e.lines().next().unwrap_or("").to_string());
                     }
                 }
             }
@@ -229,25 +387,52 @@ pub fn run_all(setup: &Setup) -> Results {
 }
 
 fn baseline(results: &Results, workload: &str) -> Option<Summary> {
-    ["bare-metal-fio", "bare-metal"].iter().find_map(|s| results.points.get(&(workload.to_string(), s.to_string()))).map(Point::median)
+    ["bare-metal-fio", "bare-metal"]
+        .iter()
+        .find_map(|s| results.points.get(&(workload.to_string(), s.to_string())))
+        .map(Point::median)
 }
 
 /// The terminal table.
 pub fn table(results: &Results) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{:<22} {:<15} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>7}", "workload", "system", "IOPS", "MiB/s", "p50 us", "p99 us", "% bare", "x QEMU", "spread");
+    let _ = writeln!(
+        out,
+        "{:<22} {:<15} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>7}",
+        "workload", "system", "IOPS", "MiB/s", "p50 us", "p99 us", "% bare", "x QEMU", "spread"
+    );
     for case in &CASES {
         let base = baseline(results, case.name);
-        let qemu = results.points.get(&(case.name.to_string(), "qemu-iothread".to_string())).map(Point::median);
+        let qemu = results
+            .points
+            .get(&(case.name.to_string(), "qemu-iothread".to_string()))
+            .map(Point::median);
         for system in SYSTEMS {
-            let Some(point) = results.points.get(&(case.name.to_string(), system.to_string())) else { continue };
+            let Some(point) = results
+                .points
+                .get(&(case.name.to_string(), system.to_string()))
+            else {
+                continue;
+            };
             let m = point.median();
-            let pct = base.map(|b| format!("{:.0}%", 100.0 * m.iops / b.iops)).unwrap_or_else(|| "-".into());
-            let vs_qemu = qemu.map(|q| format!("{:.2}", m.iops / q.iops)).unwrap_or_else(|| "-".into());
+            let pct = base
+                .map(|b| format!("{:.0}%", 100.0 * m.iops / b.iops))
+                .unwrap_or_else(|| "-".into());
+            let vs_qemu = qemu
+                .map(|q| format!("{:.2}", m.iops / q.iops))
+                .unwrap_or_else(|| "-".into());
             let _ = writeln!(
                 out,
                 "{:<22} {:<15} {:>9.0} {:>9.1} {:>9.1} {:>9.1} {:>8} {:>7} {:>6.0}%",
-                case.name, system, m.iops, m.mib_s, m.lat_p50_us, m.lat_p99_us, pct, vs_qemu, point.spread()
+                case.name,
+                system,
+                m.iops,
+                m.mib_s,
+                m.lat_p50_us,
+                m.lat_p99_us,
+                pct,
+                vs_qemu,
+                point.spread()
             );
         }
     }
@@ -269,11 +454,17 @@ pub fn to_json(results: &Results) -> Value {
                    "repeats": p.runs.len(), "spread_pct": p.spread()})
         })
         .collect();
-    let skipped: Vec<Value> = results.skipped.iter().map(|(s, why)| json!({"system": s, "reason": why})).collect();
+    let skipped: Vec<Value> = results
+        .skipped
+        .iter()
+        .map(|(s, why)| json!({"system": s, "reason": why}))
+        .collect();
     json!({"runs": runs, "skipped": skipped})
 }
 
-const COLORS: [&str; 8] = ["#444444", "#888888", "#d62728", "#ff7f0e", "#2ca02c", "#1f77b4", "#aec7e8", "#9467bd"];
+const COLORS: [&str; 8] = [
+    "#444444", "#888888", "#d62728", "#ff7f0e", "#2ca02c", "#1f77b4", "#aec7e8", "#9467bd",
+];
 
 /// `chart.svg`: grouped bars per workload, IOPS as a percentage of bare metal.
 pub fn chart_svg(results: &Results) -> String {
@@ -296,13 +487,26 @@ pub fn chart_svg(results: &Results) -> String {
         let gx = left + gi as f64 * group_w + 10.0;
         let base = baseline(results, case.name);
         for (si, system) in SYSTEMS.iter().enumerate() {
-            let (Some(b), Some(p)) = (base, results.points.get(&(case.name.to_string(), system.to_string()))) else { continue };
+            let (Some(b), Some(p)) = (
+                base,
+                results
+                    .points
+                    .get(&(case.name.to_string(), system.to_string())),
+            ) else {
+                continue;
+            };
             let pct = 100.0 * p.median().iops / b.iops;
             let bh = plot_h * pct / max_pct;
             let x = gx + si as f64 * bar_w;
             let _ = writeln!(s, "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"{}\"><title>{system}: {pct:.0}%</title></rect>", top + plot_h - bh, bar_w - 2.0, COLORS[si]);
         }
-        let _ = writeln!(s, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>", gx + group_w / 2.0 - 10.0, top + plot_h + 16.0, case.name);
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+            gx + group_w / 2.0 - 10.0,
+            top + plot_h + 16.0,
+            case.name
+        );
     }
     for (si, system) in SYSTEMS.iter().enumerate() {
         let x = left + si as f64 * 112.0;
@@ -318,15 +522,30 @@ mod tests {
     use super::*;
 
     fn summary(iops: f64) -> Summary {
-        Summary { iops, mib_s: iops * 4096.0 / (1 << 20) as f64, lat_p50_us: 1e6 / iops, lat_p99_us: 2e6 / iops }
+        Summary {
+            iops,
+            mib_s: iops * 4096.0 / (1 << 20) as f64,
+            lat_p50_us: 1e6 / iops,
+            lat_p99_us: 2e6 / iops,
+        }
     }
 
     fn sample() -> Results {
         let mut r = Results::default();
-        for (system, iops) in [("bare-metal", 20000.0), ("vmm-workers", 18000.0), ("qemu-iothread", 12000.0)] {
-            r.points.insert(("randread-4k-qd1".into(), system.into()), Point { runs: vec![summary(iops), summary(iops * 1.1), summary(iops * 0.9)] });
+        for (system, iops) in [
+            ("bare-metal", 20000.0),
+            ("vmm-workers", 18000.0),
+            ("qemu-iothread", 12000.0),
+        ] {
+            r.points.insert(
+                ("randread-4k-qd1".into(), system.into()),
+                Point {
+                    runs: vec![summary(iops), summary(iops * 1.1), summary(iops * 0.9)],
+                },
+            );
         }
-        r.skipped.insert("bare-metal-fio".into(), "fio is not installed".into());
+        r.skipped
+            .insert("bare-metal-fio".into(), "fio is not installed".into());
         r
     }
 
@@ -355,7 +574,10 @@ mod tests {
     fn table_json_and_chart_agree() {
         let r = sample();
         let t = table(&r);
-        assert!(t.contains("vmm-workers") && t.contains("90%") && t.contains("1.50"), "{t}");
+        assert!(
+            t.contains("vmm-workers") && t.contains("90%") && t.contains("1.50"),
+            "{t}"
+        );
         assert!(t.contains("skipped bare-metal-fio"));
         let j = to_json(&r);
         let runs = j["runs"].as_array().unwrap();

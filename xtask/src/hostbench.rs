@@ -58,27 +58,53 @@ impl Rng {
 pub fn run(path: &Path, direct: bool, w: Workload, secs: f64) -> Result<Summary, String> {
     let write = w.pattern.ends_with("write");
     let random = w.pattern.starts_with("rand");
-    let disk = Disk::open(path, DiskOptions { readonly: !write, direct }).map_err(|e| e.to_string())?;
+    let disk = Disk::open(
+        path,
+        DiskOptions {
+            readonly: !write,
+            direct,
+        },
+    )
+    .map_err(|e| e.to_string())?;
     let blocks = disk.capacity() / u64::from(w.bs);
     if blocks == 0 {
-        return Err(format!("{} is smaller than one {}-byte block", path.display(), w.bs));
+        return Err(format!(
+            "{} is smaller than one {}-byte block",
+            path.display(),
+            w.bs
+        ));
     }
-    let mut engine = disk.engine(EngineKind::IoUring, w.qd as usize).map_err(|e| e.to_string())?;
+    let mut engine = disk
+        .engine(EngineKind::IoUring, w.qd as usize)
+        .map_err(|e| e.to_string())?;
     let bufs = AlignedBuffers::new(w.bs as usize * w.qd as usize);
     let mut started = vec![Instant::now(); w.qd as usize];
     let mut latencies_ns: Vec<u64> = Vec::with_capacity(1 << 20);
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut next_seq = 0u64;
     let mut done: Vec<Completion> = Vec::with_capacity(w.qd as usize);
-    let mut submit = |slot: usize, engine: &mut Box<dyn backend_raw::Engine>, started: &mut [Instant]| -> Result<(), String> {
-        let block = if random { rng.next() % blocks } else { let b = next_seq % blocks; next_seq += 1; b };
+    let mut submit = |slot: usize,
+                      engine: &mut Box<dyn backend_raw::Engine>,
+                      started: &mut [Instant]|
+     -> Result<(), String> {
+        let block = if random {
+            rng.next() % blocks
+        } else {
+            let b = next_seq % blocks;
+            next_seq += 1;
+            b
+        };
         let offset = block * u64::from(w.bs);
         let iov = libc::iovec {
             // SAFETY: slot < qd, so the slot's bytes lie inside the allocation.
             iov_base: unsafe { bufs.ptr.add(slot * w.bs as usize) }.cast(),
             iov_len: w.bs as usize,
         };
-        let op = if write { IoOp::Write { offset } } else { IoOp::Read { offset } };
+        let op = if write {
+            IoOp::Write { offset }
+        } else {
+            IoOp::Read { offset }
+        };
         started[slot] = Instant::now();
         // SAFETY: the slot's buffer is owned by this function, outlives the engine's use
         // (we reap everything before returning) and only one request uses a slot at a time.
@@ -101,7 +127,8 @@ pub fn run(path: &Path, direct: bool, w: Workload, secs: f64) -> Result<Summary,
         let stop = now >= deadline;
         for c in &done {
             let slot = c.user_data as usize;
-            c.result.map_err(|errno| format!("I/O error {errno} on {}", path.display()))?;
+            c.result
+                .map_err(|errno| format!("I/O error {errno} on {}", path.display()))?;
             latencies_ns.push((now - started[slot]).as_nanos() as u64);
             bytes += u64::from(w.bs);
             if !stop {

@@ -47,20 +47,44 @@ struct Options {
     workload: Option<String>,
 }
 
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            io_mode: None,
+            completion: "poll".into(),
+            secs: 3,
+            quick: false,
+            systems: None,
+            workload: None,
+        }
+    }
+}
+
 fn parse_options(args: &[String]) -> Result<Options, String> {
-    let mut opts = Options { io_mode: None, completion: "poll".into(), secs: 3, quick: false, systems: None, workload: None };
+    let mut opts = Options::default();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
-        let mut value = || it.next().cloned().ok_or_else(|| format!("{arg} needs a value"));
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{arg} needs a value"))
+        };
         match arg.as_str() {
             "--io-mode" => opts.io_mode = Some(value()?),
             "--completion" => {
                 opts.completion = value()?;
                 if !matches!(opts.completion.as_str(), "poll" | "irq") {
-                    return Err(format!("--completion must be poll or irq, not {}", opts.completion));
+                    return Err(format!(
+                        "--completion must be poll or irq, not {}",
+                        opts.completion
+                    ));
                 }
             }
-            "--secs" => opts.secs = value()?.parse().map_err(|_| "--secs needs a whole number of seconds".to_string())?,
+            "--secs" => {
+                opts.secs = value()?
+                    .parse()
+                    .map_err(|_| "--secs needs a whole number of seconds".to_string())?
+            }
             "--quick" => opts.quick = true,
             "--workload" => opts.workload = Some(value()?),
             "--systems" => opts.systems = Some(value()?.split(',').map(str::to_string).collect()),
@@ -71,7 +95,10 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn cargo(root: &Path, args: &[&str]) -> Result<(), String> {
@@ -89,7 +116,10 @@ fn cargo(root: &Path, args: &[&str]) -> Result<(), String> {
 }
 
 fn guest_cmdline(opts: &Options, bench: bool) -> String {
-    let mut line = format!("tests=all serial={DISK_SERIAL} completion={}", opts.completion);
+    let mut line = format!(
+        "tests=all serial={DISK_SERIAL} completion={}",
+        opts.completion
+    );
     if bench {
         line.push_str(&format!(" bench=randread bs=4096 qd=1 secs={}", opts.secs));
     }
@@ -99,7 +129,12 @@ fn guest_cmdline(opts: &Options, bench: bool) -> String {
 fn summarize(what: &str, out: &RunOutput) -> bool {
     let report = GuestReport::parse(&out.stdout);
     println!();
-    println!("== {what}: {} tests passed, {} failed ({:.1} s)", report.passed(), report.failed().count(), out.elapsed.as_secs_f64());
+    println!(
+        "== {what}: {} tests passed, {} failed ({:.1} s)",
+        report.passed(),
+        report.failed().count(),
+        out.elapsed.as_secs_f64()
+    );
     for t in report.failed() {
         println!("   FAIL {}: {}", t.name, t.failure.as_deref().unwrap_or(""));
     }
@@ -135,8 +170,14 @@ fn cmd_run(opts: &Options) -> Result<bool, String> {
     let disk = root.join("target/xtask/disk.img");
     ensure_image(&disk, DISK_SIZE)?;
     let mut cmd = Command::new(&vmm);
-    cmd.arg("--kernel").arg(&guest).args(["--memory", "256M", "--cmdline", &guest_cmdline(opts, true)]);
-    cmd.arg("--disk").arg(format!("path={},serial={DISK_SERIAL}", disk.display()));
+    cmd.arg("--kernel").arg(&guest).args([
+        "--memory",
+        "256M",
+        "--cmdline",
+        &guest_cmdline(opts, true),
+    ]);
+    cmd.arg("--disk")
+        .arg(format!("path={},serial={DISK_SERIAL}", disk.display()));
     if let Some(mode) = &opts.io_mode {
         cmd.args(["--io-mode", mode]);
     }
@@ -152,24 +193,49 @@ fn cmd_crosscheck(opts: &Options) -> Result<bool, String> {
     let disk = root.join("target/xtask/crosscheck.img");
     ensure_image(&disk, 64 << 20)?;
     let mut cmd = Command::new(qemu);
-    cmd.args(["-M", "q35", "-enable-kvm", "-cpu", "host,-arch-capabilities", "-m", "256"])
-        .args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
-        .arg("-kernel")
-        .arg(&guest)
-        .arg("-append")
-        .arg(guest_cmdline(opts, true).replace("secs=3", "secs=1"))
-        .args(["-object", "iothread,id=io0", "-drive"])
-        .arg(format!("file={},if=none,id=d0,format=raw,cache=none,aio=io_uring", disk.display()))
-        .args(["-device", &format!("virtio-blk-pci,drive=d0,iothread=io0,serial={DISK_SERIAL},disable-legacy=on")]);
-    println!("== booting {} in QEMU (q35, virtio-blk-pci)", guest.display());
+    cmd.args([
+        "-M",
+        "q35",
+        "-enable-kvm",
+        "-cpu",
+        "host,-arch-capabilities",
+        "-m",
+        "256",
+    ])
+    .args([
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+    ])
+    .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
+    .arg("-kernel")
+    .arg(&guest)
+    .arg("-append")
+    .arg(guest_cmdline(opts, true))
+    .args(["-object", "iothread,id=io0", "-drive"])
+    .arg(format!(
+        "file={},if=none,id=d0,format=raw,cache=none,aio=io_uring",
+        disk.display()
+    ))
+    .args([
+        "-device",
+        &format!("virtio-blk-pci,drive=d0,iothread=io0,serial={DISK_SERIAL},disable-legacy=on"),
+    ]);
+    println!(
+        "== booting {} in QEMU (q35, virtio-blk-pci)",
+        guest.display()
+    );
     let out = run_guest(cmd, Peer::Qemu, Duration::from_secs(600), true)?;
     Ok(summarize("qemu", &out))
 }
 
 fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 fn cmd_bench(opts: &Options) -> Result<bool, String> {
@@ -178,16 +244,38 @@ fn cmd_bench(opts: &Options) -> Result<bool, String> {
         None => bench::SYSTEMS.to_vec(),
         Some(list) => list
             .iter()
-            .map(|s| bench::SYSTEMS.iter().copied().find(|k| k == s).ok_or_else(|| format!("unknown system {s}; known: {}", bench::SYSTEMS.join(","))))
+            .map(|s| {
+                bench::SYSTEMS
+                    .iter()
+                    .copied()
+                    .find(|k| k == s)
+                    .ok_or_else(|| {
+                        format!("unknown system {s}; known: {}", bench::SYSTEMS.join(","))
+                    })
+            })
             .collect::<Result<_, _>>()?,
     };
-    let (secs, repeats, size) = if opts.quick { (1, 1, 256u64 << 20) } else { (5, 3, 1u64 << 30) };
+    let (secs, repeats, size) = if opts.quick {
+        (1, 1, 256u64 << 20)
+    } else {
+        (5, 3, 1u64 << 30)
+    };
     let out_dir = root.join("target/bench");
-    let needs_guest = systems.iter().any(|s| s.starts_with("vmm-") || s.starts_with("qemu-"));
+    let needs_guest = systems
+        .iter()
+        .any(|s| s.starts_with("vmm-") || s.starts_with("qemu-"));
     let needs_vmm = systems.iter().any(|s| s.starts_with("vmm-"));
     let setup = bench::Setup {
-        guest: if needs_guest { build_guest(&root)? } else { PathBuf::new() },
-        vmm: if needs_vmm { build_vmm(&root)? } else { PathBuf::new() },
+        guest: if needs_guest {
+            build_guest(&root)?
+        } else {
+            PathBuf::new()
+        },
+        vmm: if needs_vmm {
+            build_vmm(&root)?
+        } else {
+            PathBuf::new()
+        },
         qemu: qemu_binary().ok(),
         fio: which("fio"),
         disk_image: out_dir.join("bench.img"),
@@ -198,16 +286,31 @@ fn cmd_bench(opts: &Options) -> Result<bool, String> {
     };
     ensure_image(&setup.disk_image, size)?;
     ensure_image(&setup.shm_image, 256 << 20)?;
-    println!("== bench: {} workloads x {} systems x {repeats} repeats, {secs} s each", bench::CASES.len(), setup.systems.len());
+    println!(
+        "== bench: {} workloads x {} systems x {repeats} repeats, {secs} s each",
+        bench::CASES.len(),
+        setup.systems.len()
+    );
     let results = bench::run_all(&setup);
     let _ = std::fs::remove_file(&setup.shm_image);
     println!("{}", bench::table(&results));
-    let json = serde_json::to_string_pretty(&bench::to_json(&results)).map_err(|e| e.to_string())?;
-    std::fs::write(out_dir.join("results.json"), json).map_err(|e| format!("cannot write results.json: {e}"))?;
-    std::fs::write(out_dir.join("chart.svg"), bench::chart_svg(&results)).map_err(|e| format!("cannot write chart.svg: {e}"))?;
-    println!("wrote {} and {}", out_dir.join("results.json").display(), out_dir.join("chart.svg").display());
+    let json =
+        serde_json::to_string_pretty(&bench::to_json(&results)).map_err(|e| e.to_string())?;
+    std::fs::write(out_dir.join("results.json"), json)
+        .map_err(|e| format!("cannot write results.json: {e}"))?;
+    std::fs::write(out_dir.join("chart.svg"), bench::chart_svg(&results))
+        .map_err(|e| format!("cannot write chart.svg: {e}"))?;
+    println!(
+        "wrote {} and {}",
+        out_dir.join("results.json").display(),
+        out_dir.join("chart.svg").display()
+    );
     // Every VMM system asked for must have produced figures.
-    let missing: Vec<_> = setup.systems.iter().filter(|s| s.starts_with("vmm-") && results.skipped.contains_key(**s)).collect();
+    let missing: Vec<_> = setup
+        .systems
+        .iter()
+        .filter(|s| s.starts_with("vmm-") && results.skipped.contains_key(**s))
+        .collect();
     if !missing.is_empty() {
         println!("== bench: FAILED, no figures from {missing:?}");
     }
@@ -216,17 +319,43 @@ fn cmd_bench(opts: &Options) -> Result<bool, String> {
 
 fn cmd_test() -> Result<bool, String> {
     let root = root();
+    cargo(&root, &["fmt", "--all", "--", "--check"])?;
     cargo(&root, &["test", "--workspace"])?;
-    cargo(&root, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
-    let mut ok = true;
+    cargo(
+        &root,
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    // The main job, as a user runs it.
+    let mut ok = cmd_run(&Options::default())?;
     for completion in ["poll", "irq"] {
-        let opts = Options { io_mode: None, completion: completion.into(), secs: 1, quick: false, systems: None, workload: None };
-        ok &= cmd_crosscheck(&opts)?;
+        ok &= cmd_crosscheck(&Options {
+            completion: completion.into(),
+            secs: 1,
+            ..Options::default()
+        })?;
     }
     // The benchmark itself must not rot: a short run of our VMM's io modes.
-    let vmm_modes = bench::SYSTEMS.iter().filter(|s| s.starts_with("vmm-")).map(|s| s.to_string()).collect();
-    let opts = Options { io_mode: None, completion: "poll".into(), secs: 1, quick: true, systems: Some(vmm_modes), workload: None };
-    ok &= cmd_bench(&opts)?;
+    let vmm_modes = bench::SYSTEMS
+        .iter()
+        .filter(|s| s.starts_with("vmm-"))
+        .map(|s| s.to_string())
+        .collect();
+    ok &= cmd_bench(&Options {
+        secs: 1,
+        quick: true,
+        systems: Some(vmm_modes),
+        ..Options::default()
+    })?;
+    // Two minutes of verified mixed I/O across both queues.
+    let soak_opts = soak::parse(&["--minutes".to_string(), "2".to_string()])?;
+    ok &= soak::run(&root, &build_vmm(&root)?, &soak_opts)?;
     Ok(ok)
 }
 
@@ -241,7 +370,8 @@ fn main() -> ExitCode {
             eprintln!("xtask: {e}");
             ExitCode::from(2)
         });
-        return match result.map(|o| build_vmm(&root()).and_then(|vmm| soak::run(&root(), &vmm, &o))) {
+        return match result.map(|o| build_vmm(&root()).and_then(|vmm| soak::run(&root(), &vmm, &o)))
+        {
             Err(code) => code,
             Ok(Ok(true)) => ExitCode::SUCCESS,
             Ok(Ok(false)) => ExitCode::FAILURE,

@@ -44,19 +44,25 @@ pub fn ensure_image(path: &Path, size: u64) -> Result<(), String> {
     let mut written = 0u64;
     while written < size {
         for (i, b) in chunk.iter_mut().enumerate() {
-            *b = ((written as usize + i) as u32).wrapping_mul(2654435761).to_le_bytes()[1];
+            *b = ((written as usize + i) as u32)
+                .wrapping_mul(2654435761)
+                .to_le_bytes()[1];
         }
         let n = chunk.len().min((size - written) as usize);
-        f.write_all(&chunk[..n]).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        f.write_all(&chunk[..n])
+            .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
         written += n as u64;
     }
-    f.sync_all().map_err(|e| format!("cannot sync {}: {e}", tmp.display()))?;
+    f.sync_all()
+        .map_err(|e| format!("cannot sync {}: {e}", tmp.display()))?;
     fs::rename(&tmp, path).map_err(|e| format!("cannot rename {}: {e}", tmp.display()))
 }
 
 /// Makes `path` writable or read-only for everyone (used to prove readonly=on opens read-only).
 pub fn set_writable(path: &Path, writable: bool) -> Result<(), String> {
-    let mut perms = fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?.permissions();
+    let mut perms = fs::metadata(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .permissions();
     perms.set_readonly(!writable);
     fs::set_permissions(path, perms).map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -66,11 +72,21 @@ pub fn open_log(path: &Path) -> Result<File, String> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    OpenOptions::new().create(true).truncate(true).write(true).open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))
+    OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))
 }
 
 /// Runs `cmd` to completion or until `timeout`, echoing its stdout when `echo` is set.
-pub fn run_guest(mut cmd: Command, peer: Peer, timeout: Duration, echo: bool) -> Result<RunOutput, String> {
+pub fn run_guest(
+    mut cmd: Command,
+    peer: Peer,
+    timeout: Duration,
+    echo: bool,
+) -> Result<RunOutput, String> {
     let start = Instant::now();
     let program = format!("{:?}", cmd.get_program());
     let mut child = cmd
@@ -106,11 +122,17 @@ pub fn run_guest(mut cmd: Command, peer: Peer, timeout: Duration, echo: bool) ->
     };
     let stdout = rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
     let _ = reader.join();
-    let guest_code = status.and_then(|s| s.code()).and_then(|c| decode_exit(peer, c));
+    let guest_code = status
+        .and_then(|s| s.code())
+        .and_then(|c| decode_exit(peer, c));
     if status.is_none() {
         eprintln!("{program} did not finish within {timeout:?} and was killed");
     }
-    Ok(RunOutput { stdout, guest_code, elapsed: start.elapsed() })
+    Ok(RunOutput {
+        stdout,
+        guest_code,
+        elapsed: start.elapsed(),
+    })
 }
 
 /// Maps a process exit status back to the value the guest wrote to port 0xF4.
@@ -131,7 +153,9 @@ pub fn qemu_binary() -> Result<PathBuf, String> {
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
-        .ok_or_else(|| format!("{name} is not installed: install it with `apt-get install qemu-system-x86`"))
+        .ok_or_else(|| {
+            format!("{name} is not installed: install it with `apt-get install qemu-system-x86`")
+        })
 }
 
 #[cfg(test)]
