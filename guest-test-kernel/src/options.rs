@@ -81,6 +81,28 @@ impl Workload {
     }
 }
 
+/// Which requests `tests=failing` expects to fail in its sector range (`fail_ops=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailOps {
+    /// Reads only.
+    Read,
+    /// Writes only.
+    Write,
+    /// Reads and writes.
+    Any,
+}
+
+impl FailOps {
+    /// Whether a read (`write == false`) or a write is one of these.
+    pub const fn covers(self, write: bool) -> bool {
+        match self {
+            FailOps::Read => !write,
+            FailOps::Write => write,
+            FailOps::Any => true,
+        }
+    }
+}
+
 /// A word of the command line that was not understood.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OptionsError<'a> {
@@ -131,6 +153,16 @@ pub struct Options<'a> {
     pub seed: Option<u64>,
     /// Run the soak workload for this many seconds (`soak=<secs>`) instead of the tests.
     pub soak: Option<u32>,
+    /// `tests=failing`: first sector of the range whose requests fail (`fail_lo=`).
+    pub fail_lo: u64,
+    /// `tests=failing`: end (exclusive) of that range; `None` is the end of the disk
+    /// (`fail_hi=`).
+    pub fail_hi: Option<u64>,
+    /// `tests=failing`: which requests fail in the range (`fail_ops=read|write|any`).
+    pub fail_ops: FailOps,
+    /// `tests=failing`: loop this many seconds, where requests in the range *may* fail
+    /// (`failing_secs=`); without it they *must* fail.
+    pub failing_secs: Option<u32>,
 }
 
 impl Default for Options<'_> {
@@ -146,6 +178,10 @@ impl Default for Options<'_> {
             expect_ro: false,
             seed: None,
             soak: None,
+            fail_lo: 0,
+            fail_hi: None,
+            fail_ops: FailOps::Any,
+            failing_secs: None,
         }
     }
 }
@@ -226,6 +262,17 @@ impl<'a> Options<'a> {
             }
             "seed" => self.seed = Some(parse_u64(value).ok_or(bad)?),
             "soak" => self.soak = Some(parse_u32_nonzero(value).ok_or(bad)?),
+            "fail_lo" => self.fail_lo = parse_u64(value).ok_or(bad)?,
+            "fail_hi" => self.fail_hi = Some(parse_u64(value).ok_or(bad)?),
+            "fail_ops" => {
+                self.fail_ops = match value {
+                    "read" => FailOps::Read,
+                    "write" => FailOps::Write,
+                    "any" => FailOps::Any,
+                    _ => return Err(bad),
+                }
+            }
+            "failing_secs" => self.failing_secs = Some(parse_u32_nonzero(value).ok_or(bad)?),
             _ => return Err(OptionsError::UnknownKey(key)),
         }
         Ok(())
@@ -310,6 +357,17 @@ mod tests {
         assert!(!Options::parse("tests=all").test_listed("hostile"));
         assert_eq!(o.soak, Some(30));
         assert_eq!(Options::parse("soak=0").soak, None);
+    }
+
+    #[test]
+    fn failing_options() {
+        let o = Options::parse("tests=failing fail_lo=2048 fail_hi=4k fail_ops=write failing_secs=3");
+        assert!(o.test_listed("failing"));
+        assert_eq!((o.fail_lo, o.fail_hi), (2048, Some(4096)));
+        assert_eq!(o.fail_ops, FailOps::Write);
+        assert!(o.fail_ops.covers(true) && !o.fail_ops.covers(false));
+        assert_eq!(o.failing_secs, Some(3));
+        assert_eq!(Options::problems("fail_ops=some failing_secs=0").count(), 2);
     }
 
     #[test]

@@ -208,8 +208,9 @@ impl Walk<'_> {
         }
     }
 
-    /// Copies entry `index` of the table at `table` holding `entries` entries. Every
-    /// descriptor fetched counts towards the length limit, which bounds any `next` loop.
+    /// Copies entry `index` of the table at `table` holding `entries` entries. Every buffer
+    /// pushed counts towards the length limit, which bounds any `next` loop; the one
+    /// descriptor that points at an indirect table is not a buffer and ends the outer walk.
     fn fetch<M: GuestMemory + ?Sized>(
         &self,
         mem: &M,

@@ -5,6 +5,7 @@ mod bench;
 mod blk;
 mod dma;
 mod durability;
+mod failing;
 mod foreign;
 mod hostile;
 mod memory;
@@ -77,6 +78,9 @@ pub fn run(info: &crate::BootInfo) -> u32 {
     let mut tally = tests::run_all(&mut blk, &env);
     if opts.test_listed("durability") {
         return durability::run_mode(&mut blk, seed);
+    }
+    if opts.test_listed("failing") {
+        tally.record("failing", failing::run(&mut blk, &opts, seed));
     }
     if opts.test_listed("hostile") {
         hostile::run_mode(&mut blk, &env, &mut tally);

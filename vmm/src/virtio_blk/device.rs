@@ -474,9 +474,9 @@ impl VirtioBlkPci {
             .disk
             .engine_with_faults(kind, depth, self.fault.as_ref())
             .map_err(|source| DeviceError::Disk {
-                    path: self.path.clone(),
-                    source,
-                })?;
+                path: self.path.clone(),
+                source,
+            })?;
         if let Some(e) = fallback {
             eprintln!(
                 "virtio-blk {}: {e}; using the sync engine",
