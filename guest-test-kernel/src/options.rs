@@ -361,7 +361,8 @@ mod tests {
 
     #[test]
     fn failing_options() {
-        let o = Options::parse("tests=failing fail_lo=2048 fail_hi=4k fail_ops=write failing_secs=3");
+        let o =
+            Options::parse("tests=failing fail_lo=2048 fail_hi=4k fail_ops=write failing_secs=3");
         assert!(o.test_listed("failing"));
         assert_eq!((o.fail_lo, o.fail_hi), (2048, Some(4096)));
         assert_eq!(o.fail_ops, FailOps::Write);

@@ -479,6 +479,8 @@ fn running_thread(r: &mut Rules) -> Result<(), BackendError> {
     let no_exec = libc::PROT_EXEC as u64;
     r.allow_if(libc::SYS_mmap, vec![arg_masked(2, no_exec, 0)?])?;
     r.allow_if(libc::SYS_mprotect, vec![arg_masked(2, no_exec, 0)?])?;
+    // Debug builds of std check that a descriptor is open before closing it (F_GETFD).
+    r.allow_values(libc::SYS_fcntl, 1, &[libc::F_GETFD as u64])?;
     // `abort` signals its own thread; vCPU kicks signal threads of this process.
     r.allow_values(libc::SYS_tgkill, 0, &[u64::from(std::process::id())])?;
     // Passed on to the `refusals` filter, which fails it with EACCES.

@@ -103,10 +103,7 @@ impl Backend {
     ) {
         match self {
             Backend::Local(e) => {
-                let head = chain.head_index();
-                if e.start(mem, chain, used) {
-                    trace.stamp(Stage::BackendSubmit, head);
-                }
+                e.start(mem, chain, used, trace);
             }
             Backend::Pool(p) => {
                 p.start(mem, chain, used, trace);
@@ -236,19 +233,30 @@ impl QueueWorker {
     /// One turn: reap, drain the avail ring, publish, notify. Returns whether anything
     /// happened. A ring-level failure stops the queue for good and asks for a device reset
     /// (2.1.2 "Device Status Field": DEVICE_NEEDS_RESET).
+    ///
+    /// Once failed, a turn only retires the requests still in flight ([`Self::retire`]):
+    /// their I/O finishes and their buffers (engine slots, pool jobs) come back, but
+    /// nothing is published to the broken ring any more.
     pub fn process(&mut self) -> bool {
         if self.failed {
-            return false;
+            return self.retire();
         }
         match self.turn() {
             Ok(work) => work,
             Err(_) => {
-                self.failed = true;
-                self.health.report_needs_reset();
-                self.vectors.trigger_source(self.config_source);
+                self.process_failure();
                 true
             }
         }
+    }
+
+    /// After a ring failure: reaps what finished and drops its used elements (the ring
+    /// cannot be trusted, 2.1.2 "Device Status Field": the driver must reset the device,
+    /// which forgets every request). Returns whether anything was reaped.
+    fn retire(&mut self) -> bool {
+        let reaped = self.reap() > 0;
+        self.used.clear();
+        reaped
     }
 
     fn turn(&mut self) -> Result<bool, QueueError> {
@@ -417,11 +425,20 @@ impl QueueWorker {
     pub fn quiesce(&mut self) {
         while self.exec.in_flight() > 0 {
             self.exec.wait();
-            self.reap();
-            if self.publish().is_err() {
-                // The rings are gone; the I/O itself is finished, which is all a stop needs.
-                self.used.clear();
+            if self.failed {
+                self.retire();
+            } else {
+                self.reap();
+                if self.publish().is_err() {
+                    // The rings are gone; the I/O itself is finished, which is all a stop
+                    // needs.
+                    self.used.clear();
+                }
             }
+        }
+        // Completions taken before a failure and never published.
+        if self.failed {
+            self.used.clear();
         }
     }
 }

@@ -221,16 +221,39 @@ impl Drop for WorkerPool {
     }
 }
 
+/// An engine tag: the slot in the low 32 bits, the slot's generation in the high 32.
+///
+/// The generation changes every time the slot is given to a new job, so a completion that
+/// does not belong to the job now in the slot (a duplicate, or one left over from the
+/// slot's previous job) cannot complete that job early: it is counted and dropped.
+fn tag(slot: usize, generation: u32) -> u64 {
+    (u64::from(generation) << 32) | (slot as u64 & 0xffff_ffff)
+}
+
+/// The `(slot, generation)` of an engine tag.
+fn untag(user_data: u64) -> (usize, u32) {
+    ((user_data & 0xffff_ffff) as usize, (user_data >> 32) as u32)
+}
+
+/// A job slot of a worker: the job in flight there, and the slot's generation.
+#[derive(Default)]
+struct Slot {
+    job: Option<Box<IoJob>>,
+    generation: u32,
+}
+
 /// One worker thread's state: its engine and the jobs it has in flight (slot = user_data).
 struct Worker {
     engine: Box<dyn Engine>,
     mem: GuestMemoryMmap,
     routes: Arc<[Option<Route>]>,
     traces: Arc<[QueueTrace]>,
-    slots: Vec<Option<Box<IoJob>>>,
+    slots: Vec<Slot>,
     free: Vec<usize>,
     completions: Vec<Completion>,
     live: usize,
+    /// Completions whose tag named no job in flight (see [`tag`]); reported once.
+    stale: u64,
 }
 
 impl Worker {
@@ -246,10 +269,11 @@ impl Worker {
             mem,
             routes,
             traces,
-            slots: (0..cap).map(|_| None).collect(),
+            slots: (0..cap).map(|_| Slot::default()).collect(),
             free: (0..cap).rev().collect(),
             completions: Vec::with_capacity(cap),
             live: 0,
+            stale: 0,
         }
     }
 
@@ -299,13 +323,19 @@ impl Worker {
             job.fail();
             return self.complete(job);
         };
+        let Some(entry) = self.slots.get_mut(slot) else {
+            job.fail();
+            return self.complete(job);
+        };
+        entry.generation = entry.generation.wrapping_add(1);
+        let user_data = tag(slot, entry.generation);
         self.trace(&job, Stage::BackendSubmit);
-        if job.submit_to(self.engine.as_mut(), slot as u64) == 0 {
+        if job.submit_to(self.engine.as_mut(), user_data) == 0 {
             self.free.push(slot);
             return self.complete(job);
         }
-        if let Some(s) = self.slots.get_mut(slot) {
-            *s = Some(job);
+        if let Some(entry) = self.slots.get_mut(slot) {
+            entry.job = Some(job);
             self.live += 1;
         }
         // The sync engine completes inside `submit`: answer now, not after the batch.
@@ -321,20 +351,34 @@ impl Worker {
             let Some(c) = self.completions.get(i).copied() else {
                 break;
             };
-            let Some(entry) = usize::try_from(c.user_data)
-                .ok()
-                .and_then(|s| self.slots.get_mut(s))
+            let (slot, generation) = untag(c.user_data);
+            let Some(entry) = self
+                .slots
+                .get_mut(slot)
+                .filter(|e| e.job.is_some() && e.generation == generation)
             else {
+                self.on_stale(c.user_data);
                 continue;
             };
-            let last = entry.as_mut().is_some_and(|j| j.complete_op(c.result));
+            let last = entry.job.as_mut().is_some_and(|j| j.complete_op(c.result));
             if last {
-                if let Some(job) = entry.take() {
-                    self.free.push(c.user_data as usize);
+                if let Some(job) = entry.job.take() {
+                    self.free.push(slot);
                     self.live -= 1;
                     self.complete(job);
                 }
             }
+        }
+    }
+
+    /// A completion for no job in flight: an engine bug. Dropped (completing whatever job
+    /// holds the slot now would return it to the guest before its I/O is done).
+    fn on_stale(&mut self, user_data: u64) {
+        self.stale += 1;
+        if self.stale == 1 {
+            eprintln!(
+                "virtio-blk worker: dropped a completion for no request in flight (tag {user_data:#x})"
+            );
         }
     }
 
@@ -419,10 +463,11 @@ impl PoolLink {
         }
         trace.stamp(Stage::Parsed, job.head);
         job.queue = self.queue;
-        let head = job.head;
+        // Stamped before the send: a worker may take the job (and stamp BackendSubmit)
+        // before `try_send` even returns.
+        trace.stamp(Stage::HandedToWorker, job.head);
         match self.jobs.try_send(job) {
             Ok(()) => {
-                trace.stamp(Stage::HandedToWorker, head);
                 self.in_flight += 1;
                 true
             }
@@ -658,6 +703,125 @@ mod tests {
             want.sort_unstable();
             prop_assert_eq!(got, want);
         }
+    }
+
+    /// An engine that completes in submission order, one per reap, and also hands out
+    /// again the previous completion it gave (a duplicate) each time; it records (by disk
+    /// offset, set to the chain head) which requests really finished.
+    struct DuplicatingEngine {
+        pending: std::collections::VecDeque<(u64, u64)>,
+        last: Option<u64>,
+        done: Arc<Mutex<Vec<u16>>>,
+    }
+
+    impl Engine for DuplicatingEngine {
+        unsafe fn submit(
+            &mut self,
+            op: IoOp,
+            _iovecs: &[libc::iovec],
+            user_data: u64,
+        ) -> Result<(), backend_raw::Error> {
+            let IoOp::Read { offset } = op else {
+                unreachable!("tests submit reads")
+            };
+            self.pending.push_back((user_data, offset));
+            Ok(())
+        }
+        fn flush_submissions(&mut self) -> Result<(), backend_raw::Error> {
+            Ok(())
+        }
+        fn reap(&mut self, out: &mut Vec<Completion>) -> usize {
+            let mut n = 0;
+            if let Some(user_data) = self.last.take() {
+                out.push(Completion {
+                    user_data,
+                    result: Ok(0),
+                });
+                n += 1;
+            }
+            if let Some((user_data, offset)) = self.pending.pop_front() {
+                self.done.lock().unwrap().push(offset as u16);
+                out.push(Completion {
+                    user_data,
+                    result: Ok(0),
+                });
+                self.last = Some(user_data);
+                n += 1;
+            }
+            n
+        }
+        fn wait(&mut self) -> Result<(), backend_raw::Error> {
+            Ok(())
+        }
+        fn completion_fd(&self) -> Option<RawFd> {
+            None
+        }
+        fn in_flight(&self) -> usize {
+            self.pending.len()
+        }
+        fn capacity(&self) -> usize {
+            4 + MAX_DISCARD_SEGMENTS
+        }
+        fn kind(&self) -> EngineKind {
+            EngineKind::Sync
+        }
+    }
+
+    /// A completion handed out twice (after its slot went to the next job) must not
+    /// complete that next job: every job comes back once, and only after its own I/O.
+    #[test]
+    fn a_duplicate_completion_does_not_complete_the_next_job_of_its_slot() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let size = 64u16;
+        let jobs = WorkerPool::channel(usize::from(size)).unwrap();
+        let parser = RequestParser::new(blk_proto::DeviceLimits::new(1 << 20), "t");
+        let (mut links, routes) = links(&[(0, size)], &parser, 4, &jobs).unwrap();
+        let done = Arc::new(Mutex::new(Vec::new()));
+        let engine = Box::new(DuplicatingEngine {
+            pending: Default::default(),
+            last: None,
+            done: done.clone(),
+        });
+        let mut pool = WorkerPool::start(
+            vec![engine],
+            mem.clone(),
+            jobs,
+            routes,
+            vec![QueueTrace::disabled()],
+            "test",
+        )
+        .unwrap();
+        let mut link = links.pop().unwrap();
+        let mut used = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        for round in 0..20u16 {
+            for h in 0..size {
+                let mut job = link.free.pop().expect("a free job per ring entry");
+                *job = *IoJob::test_read(0, h, u64::from(h), STATUS_BASE + u64::from(h));
+                link.jobs.send(job).unwrap();
+                link.in_flight += 1;
+            }
+            while link.in_flight() > 0 {
+                assert!(std::time::Instant::now() < deadline, "round {round}: jobs lost");
+                link.wait();
+                let before = used.len();
+                link.reap(&mut used);
+                let finished = done.lock().unwrap().clone();
+                for u in used.get(before..).unwrap_or(&[]) {
+                    assert!(
+                        finished.contains(&u.head),
+                        "round {round}: head {} came back before its I/O finished",
+                        u.head
+                    );
+                }
+            }
+            let mut heads: Vec<u16> = used.drain(..).map(|u| u.head).collect();
+            heads.sort_unstable();
+            assert_eq!(heads, (0..size).collect::<Vec<_>>(), "round {round}");
+            done.lock().unwrap().clear();
+        }
+        drop(link);
+        pool.stop();
     }
 
     #[test]

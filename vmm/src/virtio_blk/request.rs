@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use super::guest_iovec::IovecList;
 use crate::metrics::DeviceMetrics;
+use crate::trace::{QueueTrace, Stage};
 
 /// A chain to return through the used ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -396,17 +397,20 @@ impl Executor {
 
     /// Parses `chain` and starts its request; a request that finishes at once (GET_ID,
     /// invalid requests) is appended to `used`. Returns `true` when the request went to
-    /// the engine.
+    /// the engine. Stamps `Parsed` once parsed and `BackendSubmit` just before the engine
+    /// gets it (the sync engine does the whole transfer inside the submission).
     pub fn start(
         &mut self,
         mem: &GuestMemoryMmap,
         chain: &DescriptorChain,
         used: &mut Vec<Used>,
+        trace: &QueueTrace,
     ) -> bool {
         if let Some(done) = self.parser.prepare(mem, chain, &mut self.job) {
             used.push(done);
             return false;
         }
+        trace.stamp(Stage::Parsed, self.job.head);
         let flight = InFlight {
             head: self.job.head,
             status_addr: self.job.status_addr,
@@ -416,6 +420,7 @@ impl Executor {
             failed: false,
         };
         let slot = self.alloc(flight);
+        trace.stamp(Stage::BackendSubmit, self.job.head);
         // QueueFull cannot happen while `has_room` gates `start`; a refused operation
         // fails the request rather than losing it.
         let submitted = self.job.submit_to(self.engine.as_mut(), u64::from(slot));
