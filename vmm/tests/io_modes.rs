@@ -14,6 +14,7 @@ mod report;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -45,8 +46,14 @@ fn temp_dir() -> PathBuf {
     dir
 }
 
+/// A fresh image named after `name` and a number no other image of this process has: tests
+/// run in parallel, and two suites with the same mode and queue count (e.g. the two
+/// two-queue workers suites) must not share a disk. (They did: each VM's write/verify
+/// passes then read the other guest's patterns, and its image was rewritten under it.)
 fn temp_image(name: &str, size: u64) -> PathBuf {
-    let path = temp_dir().join(name);
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let path = temp_dir().join(format!("{n}-{name}"));
     let data: Vec<u8> = (0..size).map(|i| (i.wrapping_mul(31) >> 3) as u8).collect();
     std::fs::write(&path, data).unwrap();
     path

@@ -74,16 +74,14 @@ fn temp_dir() -> PathBuf {
     dir
 }
 
-fn image() -> &'static Path {
-    static IMG: OnceLock<PathBuf> = OnceLock::new();
-    IMG.get_or_init(|| {
-        let path = temp_dir().join("disk.img");
-        let data: Vec<u8> = (0..32u64 << 20)
-            .map(|i| (i.wrapping_mul(31) >> 3) as u8)
-            .collect();
-        std::fs::write(&path, data).unwrap();
-        path
-    })
+/// A 32 MiB image of its own for the run `label`: runs go in parallel and some write.
+fn image(label: &str) -> PathBuf {
+    let path = temp_dir().join(format!("{label}.img"));
+    let data: Vec<u8> = (0..32u64 << 20)
+        .map(|i| (i.wrapping_mul(31) >> 3) as u8)
+        .collect();
+    std::fs::write(&path, data).unwrap();
+    path
 }
 
 /// One traced run: the guest's output, and the parsed trace and metrics.
@@ -106,7 +104,7 @@ fn run(label: &str, mode: &str, cmdline: &str) -> Run {
         .arg(guest_elf())
         .args(["--memory", "256M", "--io-mode", mode, "--cmdline", cmdline])
         .arg("--disk")
-        .arg(format!("path={},serial=trace", image().display()))
+        .arg(format!("path={},serial=trace", image(label).display()))
         .arg("--trace")
         .arg(&trace)
         .arg("--metrics")

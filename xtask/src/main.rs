@@ -320,7 +320,7 @@ fn cmd_bench(opts: &Options) -> Result<bool, String> {
 fn cmd_test() -> Result<bool, String> {
     let root = root();
     cargo(&root, &["fmt", "--all", "--", "--check"])?;
-    cargo(&root, &["test", "--workspace"])?;
+    cargo(&root, &["test", "--workspace", "--no-fail-fast"])?;
     cargo(
         &root,
         &[

@@ -25,6 +25,7 @@ use pci_transport::{
 use virtqueue_core::Queue;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::failure_log::FailureLog;
 use super::handler::{config_source, Backend, Dataplane, DeviceHealth, QueueWorker, ThreadQueue};
 use super::iothread::IoThread;
 use super::pool::{self, WorkerPool};
@@ -141,6 +142,8 @@ pub struct VirtioBlkPci {
     config: VirtioBlkConfig,
     vectors: Arc<MsixVectors>,
     health: Arc<DeviceHealth>,
+    /// Failed requests of every queue, logged up to a cap.
+    failures: Arc<FailureLog>,
     /// One kick eventfd per queue; registered as an ioeventfd at `ioevents[q]` when `Some`.
     kicks: Vec<EventFd>,
     ioevents: Vec<Option<u64>>,
@@ -202,6 +205,7 @@ impl VirtioBlkPci {
                 source,
             })?;
         Ok(VirtioBlkPci {
+            failures: Arc::new(FailureLog::new(&path)),
             path,
             serial: cfg.serial.clone(),
             engine: match cfg.engine {
@@ -497,6 +501,7 @@ impl VirtioBlkPci {
             config_source(self.num_queues()),
         )
         .with_observers(self.trace(q), self.ctx.metrics.clone())
+        .with_failure_log(self.failures.clone())
     }
 
     /// Workers that run their I/O on their own engine: the sync engine in `IoMode::Vcpu`

@@ -29,6 +29,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::failure_log::FailureLog;
 use super::pool::PoolLink;
 use super::request::{Executor, Outcome, Used};
 use crate::interrupts::MsixVectors;
@@ -154,6 +155,7 @@ pub struct QueueWorker {
     exec: Backend,
     trace: QueueTrace,
     metrics: Arc<DeviceMetrics>,
+    failures: Arc<FailureLog>,
     vectors: Arc<MsixVectors>,
     health: Arc<DeviceHealth>,
     config_source: usize,
@@ -193,6 +195,7 @@ impl QueueWorker {
             exec: exec.into(),
             trace: QueueTrace::disabled(),
             metrics: Arc::new(DeviceMetrics::new("")),
+            failures: Arc::new(FailureLog::silent()),
             vectors,
             health,
             config_source,
@@ -207,6 +210,12 @@ impl QueueWorker {
     pub fn with_observers(mut self, trace: QueueTrace, metrics: Arc<DeviceMetrics>) -> Self {
         self.trace = trace;
         self.metrics = metrics;
+        self
+    }
+
+    /// Logs this queue's failed requests in `failures` (the device's log).
+    pub fn with_failure_log(mut self, failures: Arc<FailureLog>) -> Self {
+        self.failures = failures;
         self
     }
 
@@ -317,6 +326,9 @@ impl QueueWorker {
             match u.outcome {
                 Outcome::Invalid => self.metrics.on_error(),
                 outcome => {
+                    if outcome == Outcome::Failed {
+                        log_failure(&self.failures, self.index, &u);
+                    }
                     let started = self.started.get(usize::from(u.head)).copied();
                     let ns = started.map_or(0, |t| now.saturating_duration_since(t).as_nanos());
                     let ns = u64::try_from(ns).unwrap_or(u64::MAX);
@@ -440,6 +452,20 @@ impl QueueWorker {
         if self.failed {
             self.used.clear();
         }
+    }
+}
+
+/// One line in the device's failure log for a request of queue `index` returned with IOERR.
+fn log_failure(failures: &FailureLog, index: u16, u: &Used) {
+    match u.failure {
+        Some(f) => failures.record(
+            format_args!("queue {index}: {f}"),
+            std::io::Error::from_raw_os_error(f.errno),
+        ),
+        None => failures.record(
+            format_args!("queue {index}: request (head {})", u.head),
+            "I/O error returned to the guest",
+        ),
     }
 }
 

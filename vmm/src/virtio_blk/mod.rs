@@ -12,6 +12,7 @@
 //!   ([`crate::interrupts::IrqLine`]).
 
 pub mod device;
+pub mod failure_log;
 pub mod guest_iovec;
 pub mod handler;
 pub mod iothread;

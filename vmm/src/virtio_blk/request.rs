@@ -31,6 +31,46 @@ pub struct Used {
     pub bytes: u32,
     /// How the request ended, for the metrics.
     pub outcome: Outcome,
+    /// Why a request failed in the backend, for the device's failure log.
+    pub failure: Option<Failure>,
+}
+
+/// The backend error that failed a request: its (first failed) operation and the errno
+/// (`EIO` for a short transfer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failure {
+    /// The operation that failed.
+    pub op: IoOp,
+    /// The error number.
+    pub errno: i32,
+}
+
+impl Failure {
+    /// The failure of `op` with completion `result` (expected `Ok(expect)`), if it failed.
+    fn of(op: IoOp, result: Result<u32, i32>, expect: u32) -> Option<Failure> {
+        match result {
+            Ok(n) if n == expect => None,
+            Ok(_) => Some(Failure {
+                op,
+                errno: libc::EIO,
+            }),
+            Err(errno) => Some(Failure { op, errno }),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    /// `read at offset <bytes>` (the offset in bytes from the start of the disk).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (name, offset) = match self.op {
+            IoOp::Read { offset } => ("read", offset),
+            IoOp::Write { offset } => ("write", offset),
+            IoOp::Flush => ("flush", 0),
+            IoOp::Discard { offset, .. } => ("discard", offset),
+            IoOp::WriteZeroes { offset, .. } => ("write-zeroes", offset),
+        };
+        write!(f, "{name} at offset {offset}")
+    }
 }
 
 impl Used {
@@ -41,6 +81,7 @@ impl Used {
             len,
             bytes: 0,
             outcome: Outcome::Invalid,
+            failure: None,
         }
     }
 }
@@ -68,6 +109,9 @@ struct InFlight {
     /// Operations not completed yet (discard / write-zeroes have one per range).
     ops_left: u16,
     failed: bool,
+    /// The request's first operation (named in the failure log).
+    op: IoOp,
+    failure: Option<Failure>,
 }
 
 /// A parsed request with its engine operations and host iovecs, ready to run on any thread.
@@ -94,6 +138,8 @@ pub struct IoJob {
     pub used_len: u32,
     /// How the job ended, once finished.
     pub outcome: Outcome,
+    /// Why the job failed in the backend, if it did.
+    pub failure: Option<Failure>,
 }
 
 impl Default for IoJob {
@@ -111,6 +157,7 @@ impl Default for IoJob {
             failed: false,
             used_len: 0,
             outcome: Outcome::Failed,
+            failure: None,
         }
     }
 }
@@ -147,7 +194,13 @@ impl IoJob {
             // that only affects the data of its own request, as with real DMA.
             match unsafe { engine.submit(op, self.iovecs.as_slice(), user_data) } {
                 Ok(()) => submitted += 1,
-                Err(_) => self.failed = true,
+                Err(_) => {
+                    self.failed = true;
+                    self.failure.get_or_insert(Failure {
+                        op,
+                        errno: libc::EIO,
+                    });
+                }
             }
         }
         self.ops_left = submitted;
@@ -158,6 +211,10 @@ impl IoJob {
     pub fn complete_op(&mut self, result: Result<u32, i32>) -> bool {
         if result != Ok(self.expect) {
             self.failed = true;
+            if self.failure.is_none() {
+                let op = self.ops.first().copied().unwrap_or(IoOp::Flush);
+                self.failure = Failure::of(op, result, self.expect);
+            }
         }
         self.ops_left = self.ops_left.saturating_sub(1);
         self.ops_left == 0
@@ -166,6 +223,13 @@ impl IoJob {
     /// Marks the request failed (it could not be handed to an engine).
     pub fn fail(&mut self) {
         self.failed = true;
+        if self.failure.is_none() {
+            let op = self.ops().first().copied().unwrap_or(IoOp::Flush);
+            self.failure = Some(Failure {
+                op,
+                errno: libc::EIO,
+            });
+        }
     }
 
     /// Writes the status byte (after all data) and records the used length.
@@ -177,6 +241,10 @@ impl IoJob {
         };
         let len = if self.failed { 1 } else { self.ok_len };
         let used = write_status(mem, self.head, self.status_addr, status, len, self.expect);
+        let used = Used {
+            failure: if self.failed { self.failure } else { None },
+            ..used
+        };
         self.used_len = used.len;
         self.outcome = used.outcome;
         used
@@ -237,6 +305,7 @@ impl RequestParser {
         job.head = head;
         job.n_ops = 0;
         job.failed = false;
+        job.failure = None;
         job.ops_left = 0;
         job.iovecs.clear();
         let req = match parse_request(mem, chain.descriptors(), &self.limits) {
@@ -418,16 +487,19 @@ impl Executor {
             expect: self.job.expect,
             ops_left: 0,
             failed: false,
+            op: self.job.ops().first().copied().unwrap_or(IoOp::Flush),
+            failure: None,
         };
         let slot = self.alloc(flight);
         trace.stamp(Stage::BackendSubmit, self.job.head);
         // QueueFull cannot happen while `has_room` gates `start`; a refused operation
         // fails the request rather than losing it.
         let submitted = self.job.submit_to(self.engine.as_mut(), u64::from(slot));
-        let failed = self.job.failed;
+        let (failed, failure) = (self.job.failed, self.job.failure);
         if let Some(Some(f)) = self.slots.get_mut(slot as usize) {
             f.ops_left = submitted;
             f.failed |= failed;
+            f.failure = f.failure.or(failure);
         }
         if submitted == 0 {
             if let Some(done) = self.release(mem, slot) {
@@ -454,6 +526,7 @@ impl Executor {
             };
             if c.result != Ok(f.expect) {
                 f.failed = true;
+                f.failure = f.failure.or(Failure::of(f.op, c.result, f.expect));
             }
             f.ops_left = f.ops_left.saturating_sub(1);
             if f.ops_left == 0 {
@@ -482,14 +555,11 @@ impl Executor {
         self.free.push(slot);
         let status = if f.failed { Status::IoErr } else { Status::Ok };
         let len = if f.failed { 1 } else { f.ok_len };
-        Some(write_status(
-            mem,
-            f.head,
-            f.status_addr,
-            status,
-            len,
-            f.expect,
-        ))
+        let used = write_status(mem, f.head, f.status_addr, status, len, f.expect);
+        Some(Used {
+            failure: if f.failed { f.failure } else { None },
+            ..used
+        })
     }
 }
 
@@ -521,18 +591,57 @@ fn write_status(
             len,
             bytes,
             outcome: Outcome::Ok,
+            failure: None,
         },
         Ok(()) => Used {
             head,
             len,
             bytes: 0,
             outcome: Outcome::Failed,
+            failure: None,
         },
         Err(_) => Used {
             head,
             len: 0,
             bytes: 0,
             outcome: Outcome::Failed,
+            failure: None,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_names_the_operation_its_offset_and_the_errno() {
+        let op = IoOp::Write { offset: 4096 };
+        assert_eq!(Failure::of(op, Ok(512), 512), None);
+        let short = Failure::of(op, Ok(100), 512).expect("short transfer fails");
+        assert_eq!(short.errno, libc::EIO);
+        let enospc = Failure::of(op, Err(libc::ENOSPC), 512).expect("error fails");
+        assert_eq!(enospc.errno, libc::ENOSPC);
+        assert_eq!(enospc.to_string(), "write at offset 4096");
+    }
+
+    #[test]
+    fn a_failed_job_carries_its_first_failure_and_a_good_one_none() {
+        let mem =
+            GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 0x1000)]).expect("memory");
+        let mut job = IoJob::test_read(0, 3, 8192, 0x100);
+        assert!(job.complete_op(Err(libc::EIO)));
+        let used = job.finish(&mem);
+        assert_eq!(used.outcome, Outcome::Failed);
+        assert_eq!(
+            used.failure,
+            Some(Failure {
+                op: IoOp::Read { offset: 8192 },
+                errno: libc::EIO
+            })
+        );
+        let mut job = IoJob::test_read(0, 4, 0, 0x100);
+        assert!(job.complete_op(Ok(0)));
+        assert_eq!(job.finish(&mem).failure, None);
     }
 }

@@ -811,8 +811,8 @@ mod pool_stress {
         len: u64,
     }
 
-    fn buf_addr(queues: u64, q: u64, slot: u64) -> u64 {
-        BUFS + (q * SLOTS + slot) * REGION_BYTES + 0 * queues
+    fn buf_addr(q: u64, slot: u64) -> u64 {
+        BUFS + (q * SLOTS + slot) * REGION_BYTES
     }
 
     /// Runs `total` requests spread over `queues` queues served by `workers` pool workers.
@@ -856,8 +856,8 @@ mod pool_stress {
             SERIAL,
         );
         let sizes: Vec<(u16, u16)> = (0..queues).map(|q| (q, QUEUE_SIZE)).collect();
-        let jobs = WorkerPool::channel(usize::from(QUEUE_SIZE) * usize::from(queues))
-            .expect("channel");
+        let jobs =
+            WorkerPool::channel(usize::from(QUEUE_SIZE) * usize::from(queues)).expect("channel");
         let (links, routes) = pool::links(&sizes, &parser, 512, &jobs).expect("links");
         let engines: Vec<Box<dyn Engine>> = (0..workers)
             .map(|_| {
@@ -867,9 +867,10 @@ mod pool_stress {
             })
             .collect();
         let traces = (0..queues).map(|_| QueueTrace::disabled()).collect();
-        let mut pool = WorkerPool::start(engines, mem.clone(), jobs, routes, traces, "stress")
-            .expect("pool");
-        let vectors = Arc::new(MsixVectors::unbound(queues + 1, usize::from(queues) + 1).expect("vectors"));
+        let mut pool =
+            WorkerPool::start(engines, mem.clone(), jobs, routes, traces, "stress").expect("pool");
+        let vectors =
+            Arc::new(MsixVectors::unbound(queues + 1, usize::from(queues) + 1).expect("vectors"));
         let health = Arc::new(DeviceHealth::default());
         let mut kicks = Vec::new();
         let mut groups = Vec::new();
@@ -908,7 +909,9 @@ mod pool_stress {
                 while evicting.load(std::sync::atomic::Ordering::Relaxed) {
                     let _ = file.sync_data();
                     // SAFETY: advice on our own descriptor; no memory is passed.
-                    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+                    unsafe {
+                        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED)
+                    };
                     std::thread::sleep(Duration::from_micros(500));
                 }
             })
@@ -930,7 +933,7 @@ mod pool_stress {
                     let first = rng.below(REGION_SECTORS - sectors + 1);
                     let sector = (q as u64 * SLOTS + slot) * REGION_SECTORS + first;
                     let len = sectors * 512;
-                    let buf = buf_addr(nq, q as u64, slot);
+                    let buf = buf_addr(q as u64, slot);
                     if write {
                         let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
                         mem.write(buf, &data).expect("data");
@@ -996,10 +999,13 @@ mod pool_stress {
                     progress = true;
                     done += 1;
                     let Some(p) = flight[q].remove(&head) else {
-                        failures.push(format!("q{q}: head {head} completed but not in flight (len {used_len})"));
+                        failures.push(format!(
+                            "q{q}: head {head} completed but not in flight (len {used_len})"
+                        ));
                         continue;
                     };
-                    let status = guest_bytes(&mem, HDRS + (q as u64 * SLOTS + p.slot) * 32 + 16, 1)[0];
+                    let status =
+                        guest_bytes(&mem, HDRS + (q as u64 * SLOTS + p.slot) * 32 + 16, 1)[0];
                     let want_len = if p.write { 1 } else { p.len + 1 };
                     if u64::from(used_len) != want_len || status != VIRTIO_BLK_S_OK {
                         failures.push(format!(
@@ -1007,7 +1013,7 @@ mod pool_stress {
                         ));
                     } else if !p.write {
                         let at = p.sector as usize * 512;
-                        let got = guest_bytes(&mem, buf_addr(nq, q as u64, p.slot), p.len as usize);
+                        let got = guest_bytes(&mem, buf_addr(q as u64, p.slot), p.len as usize);
                         if got[..] != model[at..at + p.len as usize] {
                             failures.push(format!("q{q}: {p:?} head {head}: wrong data"));
                         }
@@ -1020,7 +1026,9 @@ mod pool_stress {
             } else {
                 if last_progress.elapsed() > Duration::from_secs(10) {
                     let left: Vec<usize> = flight.iter().map(HashMap::len).collect();
-                    failures.push(format!("no completion for 10 s; in flight per queue {left:?}"));
+                    failures.push(format!(
+                        "no completion for 10 s; in flight per queue {left:?}"
+                    ));
                     break;
                 }
                 std::thread::yield_now();
@@ -1037,21 +1045,25 @@ mod pool_stress {
             failures.join("\n")
         );
         assert!(!health.take_needs_reset(), "no ring failure");
-        assert_eq!(std::fs::read(&path).expect("image"), model, "image matches the model");
+        assert_eq!(
+            std::fs::read(&path).expect("image"),
+            model,
+            "image matches the model"
+        );
     }
 
     #[test]
     fn two_queues_one_worker_complete_every_request_correctly() {
-        run(2, 1, 0, 20_000, 0x5eed_0001);
+        run(2, 1, 0, 10_000, 0x5eed_0001);
     }
 
     #[test]
     fn two_queues_two_workers_complete_every_request_correctly() {
-        run(2, 2, 10, 20_000, 0x5eed_0002);
+        run(2, 2, 10, 10_000, 0x5eed_0002);
     }
 
     #[test]
     fn one_queue_two_workers_complete_every_request_correctly() {
-        run(1, 2, 10, 10_000, 0x5eed_0003);
+        run(1, 2, 10, 5_000, 0x5eed_0003);
     }
 }
