@@ -10,9 +10,8 @@
 //! `DURABILITY_REPS` sets the repetitions per variant (default 10; each variant: direct=off and
 //! direct=on). Needs /dev/kvm: fails loudly without it.
 
-#[path = "../../xtask/src/guest.rs"]
-#[allow(dead_code)]
-mod guest;
+mod real_guest;
+use real_guest::{guest_elf, require_kvm};
 #[path = "../../guest-test-kernel/src/pattern.rs"]
 #[allow(dead_code)]
 mod pattern;
@@ -21,7 +20,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{mpsc, OnceLock};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use pattern::{mix64, Rng, SECTOR_SIZE};
@@ -33,26 +32,6 @@ const IMAGE_BYTES: u64 = 16 << 20;
 const GEN_SLACK: u64 = 2048;
 /// The VMM's io modes, one per repetition in turn.
 const IO_MODES: [&str; 4] = ["dataplane", "iothread", "workers", "vcpu"];
-
-fn require_kvm() {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        panic!("this test boots a VM and needs read-write access to /dev/kvm: {e}");
-    }
-}
-
-fn guest_elf() -> &'static Path {
-    static ELF: OnceLock<PathBuf> = OnceLock::new();
-    ELF.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace root");
-        guest::build_guest(root).unwrap_or_else(|e| panic!("{e}"))
-    })
-}
 
 /// The guest's `gen_seed` (guest-test-kernel/src/app/durability.rs).
 fn gen_seed(seed: u64, gen: u64) -> u64 {

@@ -13,15 +13,14 @@
 //!
 //! Needs /dev/kvm, and root for the tmpfs mount: fails loudly without them.
 
-#[path = "../../xtask/src/guest.rs"]
-#[allow(dead_code)]
-mod guest;
+mod real_guest;
+use real_guest::{guest_elf, require_kvm};
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{mpsc, OnceLock};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Failure lines the VMM logs per device before it only counts them.
@@ -30,26 +29,6 @@ const LOGGED: usize = 20;
 const MIB_SECTORS: u64 = 2048;
 /// Whole-run limit: a VMM that stops answering fails the test here.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
-
-fn require_kvm() {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        panic!("this test boots a VM and needs read-write access to /dev/kvm: {e}");
-    }
-}
-
-fn guest_elf() -> &'static Path {
-    static ELF: OnceLock<PathBuf> = OnceLock::new();
-    ELF.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace root");
-        guest::build_guest(root).unwrap_or_else(|e| panic!("{e}"))
-    })
-}
 
 /// What one boot produced.
 struct Outcome {
@@ -126,6 +105,14 @@ impl Outcome {
             self.dump()
         );
         let c = self.counts();
+        eprintln!(
+            "{}: {}",
+            image.display(),
+            self.stdout
+                .lines()
+                .find(|l| l.starts_with("FAILING ok="))
+                .unwrap_or_default()
+        );
         assert_eq!(c["mismatches"], 0, "{}", self.dump());
         assert_eq!(c["unexpected"], 0, "{}", self.dump());
         assert_eq!(
@@ -149,13 +136,20 @@ impl Outcome {
 }
 
 /// Boots the guest on `disk`; `on_line` sees each guest output line as it comes.
-fn boot(disk: &str, cmdline: &str, dir: &Path, mut on_line: impl FnMut(&str)) -> Outcome {
+fn boot(
+    disk: &str,
+    cmdline: &str,
+    io_mode: &str,
+    dir: &Path,
+    mut on_line: impl FnMut(&str),
+) -> Outcome {
     require_kvm();
     let metrics = dir.join("metrics.json");
     let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
         .arg("--kernel")
         .arg(guest_elf())
         .args(["--memory", "128M", "--cmdline", cmdline, "--disk", disk])
+        .args(["--io-mode", io_mode])
         .arg("--metrics")
         .arg(&metrics)
         .stdin(Stdio::null())
@@ -222,8 +216,8 @@ fn sparse_image(dir: &Path, bytes: u64) -> PathBuf {
     path
 }
 
-/// An injected-fault run over a 16 MiB image: requests of `ops` touching [1 MiB, 2 MiB) fail.
-fn injected(op: &str) -> (HashMap<String, u64>, Outcome, PathBuf) {
+/// An injected-fault run over a 16 MiB image: requests of `op` touching [1 MiB, 2 MiB) fail.
+fn injected(op: &str, io_mode: &str) -> (HashMap<String, u64>, Outcome, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let image = sparse_image(dir.path(), 16 << 20);
     let disk = format!("path={},fault=eio@{op}:offset=1M-2M", image.display());
@@ -232,14 +226,14 @@ fn injected(op: &str) -> (HashMap<String, u64>, Outcome, PathBuf) {
         MIB_SECTORS,
         2 * MIB_SECTORS
     );
-    let run = boot(&disk, &cmdline, dir.path(), |_| {});
+    let run = boot(&disk, &cmdline, io_mode, dir.path(), |_| {});
     let c = run.check_common(&image);
     (c, run, image)
 }
 
 #[test]
 fn injected_write_errors_fail_only_those_writes() {
-    let (c, run, image) = injected("write");
+    let (c, run, image) = injected("write", "dataplane");
     // 1 MiB of 4 KiB blocks, once each; every read succeeds, zeros where the write failed.
     assert_eq!(c["writes_ioerr"], 256, "{}", run.dump());
     assert_eq!(c["reads_ioerr"], 0, "{}", run.dump());
@@ -259,7 +253,8 @@ fn injected_write_errors_fail_only_those_writes() {
 
 #[test]
 fn injected_read_errors_fail_only_those_reads() {
-    let (c, run, image) = injected("read");
+    // Through the worker pool: failures travel back from another thread.
+    let (c, run, image) = injected("read", "workers");
     assert_eq!(c["reads_ioerr"], 256, "{}", run.dump());
     assert_eq!(c["writes_ioerr"], 0, "{}", run.dump());
     assert_eq!(c["reads_ok"], 4096 - 256, "{}", run.dump());
@@ -328,6 +323,7 @@ fn full_host_filesystem_fails_writes_with_ioerr() {
     let run = boot(
         &disk,
         "tests=failing fail_ops=any failing_secs=2",
+        "iothread",
         out_dir.path(),
         |_| {},
     );
@@ -356,7 +352,7 @@ fn image_truncated_under_the_guest_fails_reads_past_the_end() {
         8 * MIB_SECTORS
     );
     let mut truncated = false;
-    let run = boot(&disk, &cmdline, dir.path(), |line| {
+    let run = boot(&disk, &cmdline, "dataplane", dir.path(), |line| {
         if line.starts_with("FAILING loop") && !truncated {
             std::thread::sleep(Duration::from_millis(500));
             let f = std::fs::OpenOptions::new()

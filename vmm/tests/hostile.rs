@@ -32,12 +32,8 @@ use vmm::pci_device::PciDevice;
 use vmm::virtio_blk::iothread::IoThread;
 use vmm::virtio_blk::{DeviceContext, VirtioBlkPci};
 
-#[path = "../../xtask/src/guest.rs"]
-#[allow(dead_code)]
-mod guest;
-#[path = "../../xtask/src/report.rs"]
-#[allow(dead_code)]
-mod report;
+mod real_guest;
+use real_guest::{guest, report, require_kvm};
 
 // --- guest memory map -------------------------------------------------------------------
 /// Region A: [0, 1 MiB); region B: [1 MiB, 2 MiB), adjacent to A; gap; region C: [3, 4) MiB.
@@ -93,16 +89,6 @@ const MODES: [IoMode; 4] = [
 
 /// Serializes the tests of this file so the fd and thread counts of the process are stable.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn require_kvm() {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        panic!("these tests need read-write access to /dev/kvm: {e}");
-    }
-}
 
 /// What became of one hostile request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

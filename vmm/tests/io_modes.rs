@@ -5,40 +5,17 @@
 //!
 //! These tests need /dev/kvm and fail (never skip) without it.
 
-#[path = "../../xtask/src/guest.rs"]
-#[allow(dead_code)]
-mod guest;
-#[path = "../../xtask/src/report.rs"]
-#[allow(dead_code)]
-mod report;
+mod real_guest;
+use real_guest::{guest_elf, report, require_kvm};
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use report::GuestReport;
 
 const SERIAL: &str = "iomode-disk";
-
-fn require_kvm() {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        panic!("these tests boot a VM and need read-write access to /dev/kvm: {e}");
-    }
-}
-
-fn guest_elf() -> &'static Path {
-    static ELF: OnceLock<PathBuf> = OnceLock::new();
-    ELF.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        guest::build_guest(root).unwrap_or_else(|e| panic!("{e}"))
-    })
-}
 
 fn temp_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("vmm-iomodes-{}", std::process::id()));

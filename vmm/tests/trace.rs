@@ -3,15 +3,13 @@
 //!
 //! These tests need /dev/kvm and fail (never skip) without it.
 
-#[path = "../../xtask/src/guest.rs"]
-#[allow(dead_code)]
-mod guest;
+mod real_guest;
+use real_guest::{guest_elf, require_kvm};
 #[path = "../src/trace/json_check.rs"]
 mod json_check;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use json_check::{parse, Value};
@@ -29,44 +27,6 @@ const ORDER: [&str; 10] = [
     "IrqInjected",
     "GuestComplete",
 ];
-
-fn require_kvm() {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        panic!("these tests boot a VM and need read-write access to /dev/kvm: {e}");
-    }
-}
-
-/// The guest ELF, built once (into `$CARGO_TARGET_DIR/guest` when that is set, else where
-/// xtask and the other end-to-end tests build it).
-fn guest_elf() -> &'static Path {
-    static ELF: OnceLock<PathBuf> = OnceLock::new();
-    ELF.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let Some(target) = std::env::var_os("CARGO_TARGET_DIR") else {
-            return guest::build_guest(root).unwrap_or_else(|e| panic!("{e}"));
-        };
-        let target = PathBuf::from(target).join("guest");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(root)
-            .env("CARGO_TARGET_DIR", &target)
-            .env("RUSTFLAGS", guest::GUEST_RUSTFLAGS)
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .args(["build", "--release", "-p", "guest-test-kernel"])
-            .args(["--features", "guest", "--target", guest::GUEST_TARGET])
-            .status()
-            .expect("run cargo");
-        assert!(status.success(), "building the guest failed");
-        target
-            .join(guest::GUEST_TARGET)
-            .join("release")
-            .join("guest-test-kernel")
-    })
-}
 
 fn temp_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("vmm-trace-{}", std::process::id()));

@@ -360,7 +360,7 @@ pub fn run_all(setup: &Setup) -> Results {
                 if results.skipped.contains_key(system) {
                     continue;
                 }
-                print!("\r[{n}/{total}] {:<22} {:<15} ", case.name, system);
+                print!("\r[{n}/{total}] {:<22} {:<20} ", case.name, system);
                 let _ = std::io::Write::flush(&mut std::io::stdout());
                 match run_point(setup, system, case) {
                     Ok(s) => {
@@ -398,7 +398,7 @@ pub fn table(results: &Results) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<22} {:<15} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>7}",
+        "{:<22} {:<20} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>7}",
         "workload", "system", "IOPS", "MiB/s", "p50 us", "p99 us", "% bare", "x QEMU", "spread"
     );
     for case in &CASES {
@@ -423,7 +423,7 @@ pub fn table(results: &Results) -> String {
                 .unwrap_or_else(|| "-".into());
             let _ = writeln!(
                 out,
-                "{:<22} {:<15} {:>9.0} {:>9.1} {:>9.1} {:>9.1} {:>8} {:>7} {:>6.0}%",
+                "{:<22} {:<20} {:>9.0} {:>9.1} {:>9.1} {:>9.1} {:>8} {:>7} {:>6.0}%",
                 case.name,
                 system,
                 m.iops,
