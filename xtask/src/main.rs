@@ -35,7 +35,8 @@ commands:
   trace [--io-mode vcpu|iothread|dataplane|workers] [--workload randread-4k-qd1]
         a short traced run per io mode (vmm --trace, guest trace=1): per-stage latency
         table, target/trace/<mode>.json (Perfetto / chrome://tracing), target/trace/timeline.svg
-  test  the project's test suite: cargo test --workspace, clippy, crosscheck, bench --quick"
+  test  the project's test suite: fmt, cargo test --workspace, clippy, doc, run, crosscheck,
+        bench --quick (VMM modes), a 2-minute soak"
 }
 
 struct Options {

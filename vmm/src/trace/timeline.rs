@@ -6,7 +6,7 @@
 //! match checked against time: the pop must fall between the guest's submission and its
 //! completion (within the mapping's accuracy). The n-th submission of a head therefore meets
 //! the n-th pop of that head, and a lost stamp or entry costs one request, not the rest.
-//! Batch stamps (kicks, interrupts: [`NO_HEAD`]) are attributed by time: the last kick before
+//! Batch stamps (kicks, interrupts: [`NO_HEAD`](super::NO_HEAD)) are attributed by time: the last kick before
 //! the pop and after the guest's kick, the first interrupt after the used element.
 
 use super::guest_log::GuestEntry;

@@ -243,7 +243,7 @@ impl QueueWorker {
     /// happened. A ring-level failure stops the queue for good and asks for a device reset
     /// (2.1.2 "Device Status Field": DEVICE_NEEDS_RESET).
     ///
-    /// Once failed, a turn only retires the requests still in flight ([`Self::retire`]):
+    /// Once failed, a turn only retires the requests still in flight (`retire`):
     /// their I/O finishes and their buffers (engine slots, pool jobs) come back, but
     /// nothing is published to the broken ring any more.
     pub fn process(&mut self) -> bool {
