@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::hostbench::{self, Workload};
 use crate::report::GuestReport;
-use crate::runner::{run_guest, Peer};
+use crate::runner::{qemu_command, run_guest, Peer};
 use crate::stats::{median, spread_pct, Summary};
 
 /// A named workload of the bench.
@@ -237,42 +237,8 @@ fn run_vmm(
 
 fn run_qemu(qemu: &Path, setup: &Setup, image: &Path, case: &Case) -> Result<Summary, String> {
     let cache = if case.shm { "writeback" } else { "none" };
-    let mut cmd = Command::new(qemu);
-    cmd.args([
-        "-M",
-        "q35",
-        "-enable-kvm",
-        "-cpu",
-        "host,-arch-capabilities",
-        "-m",
-        "256",
-    ])
-    .args([
-        "-nographic",
-        "-no-reboot",
-        "-nodefaults",
-        "-serial",
-        "stdio",
-    ])
-    .args([
-        "-device",
-        "isa-debug-exit,iobase=0xf4,iosize=4",
-        "-object",
-        "iothread,id=io0",
-    ])
-    .arg("-kernel")
-    .arg(&setup.guest)
-    .arg("-append")
-    .arg(guest_bench_cmdline(&case.workload, setup.secs))
-    .arg("-drive")
-    .arg(format!(
-        "file={},if=none,id=d0,format=raw,cache={cache},aio=io_uring",
-        image.display()
-    ))
-    .args([
-        "-device",
-        "virtio-blk-pci,drive=d0,iothread=io0,serial=bench,disable-legacy=on",
-    ]);
+    let cmdline = guest_bench_cmdline(&case.workload, setup.secs);
+    let cmd = qemu_command(qemu, &setup.guest, &cmdline, image, cache, "bench");
     let out = run_guest(
         cmd,
         Peer::Qemu,

@@ -9,7 +9,7 @@ mod soak;
 use xtask::bench;
 use xtask::guest::{build_guest, build_vmm};
 use xtask::report::GuestReport;
-use xtask::runner::{ensure_image, qemu_binary, run_guest, Peer, RunOutput};
+use xtask::runner::{ensure_image, qemu_binary, qemu_command, run_guest, Peer, RunOutput};
 
 mod timeline_svg;
 mod trace;
@@ -193,37 +193,8 @@ fn cmd_crosscheck(opts: &Options) -> Result<bool, String> {
     let guest = build_guest(&root)?;
     let disk = root.join("target/xtask/crosscheck.img");
     ensure_image(&disk, 64 << 20)?;
-    let mut cmd = Command::new(qemu);
-    cmd.args([
-        "-M",
-        "q35",
-        "-enable-kvm",
-        "-cpu",
-        "host,-arch-capabilities",
-        "-m",
-        "256",
-    ])
-    .args([
-        "-nographic",
-        "-no-reboot",
-        "-nodefaults",
-        "-serial",
-        "stdio",
-    ])
-    .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
-    .arg("-kernel")
-    .arg(&guest)
-    .arg("-append")
-    .arg(guest_cmdline(opts, true))
-    .args(["-object", "iothread,id=io0", "-drive"])
-    .arg(format!(
-        "file={},if=none,id=d0,format=raw,cache=none,aio=io_uring",
-        disk.display()
-    ))
-    .args([
-        "-device",
-        &format!("virtio-blk-pci,drive=d0,iothread=io0,serial={DISK_SERIAL},disable-legacy=on"),
-    ]);
+    let cmdline = guest_cmdline(opts, true);
+    let cmd = qemu_command(&qemu, &guest, &cmdline, &disk, "none", DISK_SERIAL);
     println!(
         "== booting {} in QEMU (q35, virtio-blk-pci)",
         guest.display()

@@ -145,6 +145,54 @@ pub fn decode_exit(peer: Peer, status: i32) -> Option<i32> {
     }
 }
 
+/// QEMU (q35) booting `guest` with `cmdline` and one virtio-blk-pci disk on `image`, served by
+/// an iothread with io_uring (`cache` is QEMU's: `none` for O_DIRECT, `writeback` for buffered).
+/// The same command line for the cross-check and the bench, so both measure one configuration.
+pub fn qemu_command(
+    qemu: &Path,
+    guest: &Path,
+    cmdline: &str,
+    image: &Path,
+    cache: &str,
+    serial: &str,
+) -> Command {
+    let mut cmd = Command::new(qemu);
+    cmd.args([
+        "-M",
+        "q35",
+        "-enable-kvm",
+        "-cpu",
+        "host,-arch-capabilities",
+        "-m",
+        "256",
+    ])
+    .args([
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+    ])
+    .args([
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=4",
+        "-object",
+        "iothread,id=io0",
+    ])
+    .arg("-kernel")
+    .arg(guest)
+    .args(["-append", cmdline, "-drive"])
+    .arg(format!(
+        "file={},if=none,id=d0,format=raw,cache={cache},aio=io_uring",
+        image.display()
+    ))
+    .arg("-device")
+    .arg(format!(
+        "virtio-blk-pci,drive=d0,iothread=io0,serial={serial},disable-legacy=on"
+    ));
+    cmd
+}
+
 /// The QEMU binary, or an error telling how to install it.
 pub fn qemu_binary() -> Result<PathBuf, String> {
     let name = "qemu-system-x86_64";
