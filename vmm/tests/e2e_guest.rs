@@ -3,11 +3,10 @@
 //! These tests need /dev/kvm and fail (never skip) without it.
 
 mod real_guest;
-use real_guest::{guest_elf, report, require_kvm};
+use real_guest::report;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use report::GuestReport;
 
@@ -24,36 +23,10 @@ fn temp_image(name: &str, size: u64) -> PathBuf {
 
 /// Boots the guest and returns its serial output and the VMM's exit status.
 fn boot(disk_opts: &str, cmdline: &str) -> (String, Option<i32>) {
-    require_kvm();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
-        .arg("--kernel")
-        .arg(guest_elf())
-        .args([
-            "--memory",
-            "256M",
-            "--cmdline",
-            cmdline,
-            "--disk",
-            disk_opts,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start vmm");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s.code();
-        }
-        if start.elapsed() > Duration::from_secs(300) {
-            let _ = child.kill();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let out = child.wait_with_output().unwrap();
-    (String::from_utf8_lossy(&out.stdout).into_owned(), status)
+    real_guest::boot(
+        ["--cmdline", cmdline, "--disk", disk_opts],
+        Duration::from_secs(300),
+    )
 }
 
 fn assert_all_pass(out: &str, status: Option<i32>) -> GuestReport {

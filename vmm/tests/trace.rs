@@ -4,13 +4,13 @@
 //! These tests need /dev/kvm and fail (never skip) without it.
 
 mod real_guest;
-use real_guest::{guest_elf, require_kvm};
+use real_guest::require_kvm;
+use std::ffi::OsStr;
 #[path = "../src/trace/json_check.rs"]
 mod json_check;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use json_check::{parse, Value};
 
@@ -59,34 +59,20 @@ fn run(label: &str, mode: &str, cmdline: &str) -> Run {
         dir.join(format!("{label}.json")),
         dir.join(format!("{label}-metrics.json")),
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
-        .arg("--kernel")
-        .arg(guest_elf())
-        .args(["--memory", "256M", "--io-mode", mode, "--cmdline", cmdline])
-        .arg("--disk")
-        .arg(format!("path={},serial=trace", image(label).display()))
-        .arg("--trace")
-        .arg(&trace)
-        .arg("--metrics")
-        .arg(&metrics)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start vmm");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s.code();
-        }
-        if start.elapsed() > Duration::from_secs(120) {
-            let _ = child.kill();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let disk = format!("path={},serial=trace", image(label).display());
+    let args: [&OsStr; 10] = [
+        "--io-mode".as_ref(),
+        mode.as_ref(),
+        "--cmdline".as_ref(),
+        cmdline.as_ref(),
+        "--disk".as_ref(),
+        disk.as_ref(),
+        "--trace".as_ref(),
+        trace.as_os_str(),
+        "--metrics".as_ref(),
+        metrics.as_os_str(),
+    ];
+    let (stdout, status) = real_guest::boot(args, Duration::from_secs(120));
     assert_eq!(status, Some(0), "vmm --io-mode {mode} failed:\n{stdout}");
     let read = |p: &Path| {
         let text = std::fs::read_to_string(p)
