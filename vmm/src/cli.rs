@@ -35,7 +35,7 @@ pub struct Cli {
     #[arg(long, value_name = "path=PATH,...")]
     pub disk: Vec<String>,
     /// Which host threads serve the disks' queues.
-    #[arg(long, value_enum, default_value = "workers")]
+    #[arg(long, default_value = "workers")]
     pub io_mode: IoMode,
     /// How long a polling thread (dataplane, workers) spins before sleeping, in
     /// microseconds; the window adapts below this maximum. 0 never polls.
@@ -60,10 +60,10 @@ pub struct Cli {
     pub seccomp: SeccompMode,
 }
 
-/// The default `--poll-us`; see [`crate::virtio_blk::handler::DEFAULT_POLL_US`].
-pub const DEFAULT_POLL_US: u32 = crate::virtio_blk::handler::DEFAULT_POLL_US;
-/// The default `--workers`; see [`crate::virtio_blk::pool::DEFAULT_WORKERS`].
-pub const DEFAULT_WORKERS: usize = crate::virtio_blk::pool::DEFAULT_WORKERS;
+/// The default `--poll-us`; see [`blk_device::poll::DEFAULT_POLL_US`].
+pub const DEFAULT_POLL_US: u32 = blk_device::poll::DEFAULT_POLL_US;
+/// The default `--workers`; see [`blk_device::pool::DEFAULT_WORKERS`].
+pub const DEFAULT_WORKERS: usize = blk_device::pool::DEFAULT_WORKERS;
 
 fn parse_workers(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {

@@ -56,7 +56,6 @@ pub use error::{Error, Result};
 use boot::gdt::write_gdt;
 use boot::pvh::load_kernel;
 use boot::start_info::write_start_info;
-use config::IoMode;
 use devices::ShutdownHooks;
 use interrupts::MsiRouter;
 use metrics::DeviceMetrics;
@@ -64,7 +63,6 @@ use platform::Platform;
 use stop::{StopLatch, StopReason};
 use trace::Tracer;
 use vcpu::{Vcpu, VcpuThreads};
-use virtio_blk::iothread::IoThread;
 use virtio_blk::{DeviceContext, VirtioBlkPci};
 use vm::Vm;
 
@@ -243,8 +241,8 @@ fn wait_for_stop(stop: &StopLatch) -> StopReason {
 }
 
 /// Creates one virtio-blk-pci function per `--disk`, in slots 1, 2, ... of bus 0, each with
-/// BAR0 preassigned from the BAR window, and registers each device's shutdown (and, in
-/// `IoMode::Iothread`, the shared I/O thread's, after the devices'). Returns the devices'
+/// BAR0 preassigned from the BAR window, and registers each device's shutdown (and, in a mode
+/// with a shared loop, the loop's, after the devices'). Returns the devices'
 /// metrics, in `--disk` order; their queues stamp into `tracer` when given.
 pub fn attach_disks(
     config: &VmConfig,
@@ -258,14 +256,15 @@ pub fn attach_disks(
     }
     let msi = Arc::new(MsiRouter::new(vm.fd.clone()));
     let mut bars = platform.bars.clone();
-    let iothread = match config.io_mode {
-        IoMode::Iothread => Some(Arc::new(
-            IoThread::start(platform.vm_lock.clone()).map_err(|source| Error::Thread {
+    let iothread = if config.io_mode.properties().shared_loop {
+        Some(Arc::new(
+            virtio_blk::shared_loop(platform.vm_lock.clone()).map_err(|source| Error::Thread {
                 what: "the I/O thread",
                 source,
             })?,
-        )),
-        _ => None,
+        ))
+    } else {
+        None
     };
     let mut all_metrics = Vec::with_capacity(config.disks.len());
     for (index, disk) in config.disks.iter().enumerate() {

@@ -20,16 +20,16 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use blk_device::event_loop::EventLoop;
 use blk_proto::{OutHdr, VIRTIO_BLK_S_OK};
 use pci_transport::virtio_pci::common_cfg::offset as common;
 use pci_transport::virtio_pci::device_status as status;
 use pci_transport::virtio_pci::layout::{MSIX_TABLE_OFFSET, NOTIFY_OFFSET, NOTIFY_OFF_MULTIPLIER};
 use virtqueue_core::{GuestMemory, RingAddresses, RingLayout};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
-use vmm::config::{DiskConfig, EngineChoice, IoMode};
+use vmm::config::{DiskConfig, EngineKind, IoMode};
 use vmm::interrupts::MsiRouter;
 use vmm::pci_device::PciDevice;
-use vmm::virtio_blk::iothread::IoThread;
 use vmm::virtio_blk::{DeviceContext, VirtioBlkPci};
 
 mod real_guest;
@@ -125,7 +125,7 @@ struct Rig {
     features: u64,
     mode: IoMode,
     seq: u8,
-    iothread: Option<Arc<IoThread>>,
+    iothread: Option<Arc<EventLoop>>,
 }
 
 fn sector_fill(sector: u64, gen: u8) -> Vec<u8> {
@@ -153,8 +153,9 @@ impl Rig {
             mem.write(a, &vec![CANARY; l as usize])
                 .expect("canary fill");
         }
-        let iothread = (mode == IoMode::Iothread)
-            .then(|| Arc::new(IoThread::start(Arc::new(Mutex::new(()))).expect("I/O thread")));
+        let iothread = (mode == IoMode::Iothread).then(|| {
+            Arc::new(vmm::virtio_blk::shared_loop(Arc::new(Mutex::new(()))).expect("I/O thread"))
+        });
         let ctx = DeviceContext {
             vm: vm.clone(),
             mem: mem.clone(),
@@ -169,8 +170,8 @@ impl Rig {
             metrics: Arc::new(vmm::metrics::DeviceMetrics::new("hostile")),
         };
         let engine = match mode {
-            IoMode::Vcpu => EngineChoice::Sync,
-            _ => EngineChoice::IoUring,
+            IoMode::Vcpu => EngineKind::Sync,
+            _ => EngineKind::IoUring,
         };
         let cfg = DiskConfig {
             path: path.clone(),

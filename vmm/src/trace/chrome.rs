@@ -9,7 +9,7 @@ use std::io::{self, Write};
 use super::table::{StageRow, StageTable};
 use super::timeline::{Layer, Request};
 use super::TraceSummary;
-use crate::metrics::json_string;
+use blk_device::metrics::json_string;
 
 /// The process id of every event.
 const PID: u32 = 1;

@@ -1,9 +1,9 @@
 //! Request tracing: per-queue stamps on the device's hot path, joined with the guest's own
 //! per-request log into one timeline (Chrome trace-event JSON, per-stage latency table).
 //!
-//! The device calls [`QueueTrace::stamp`] at each [`Stage`] of a request; the stamp is the
-//! host TSC, the stage and the chain's head index, appended to a preallocated lock-free log
-//! ([`ring::StampRing`]). A disabled [`QueueTrace`] costs one predictable branch. At the end
+//! The device model calls [`QueueTrace::stamp`] at each [`Stage`] of a request; the stamp is
+//! the host TSC, the stage and the chain's head index, appended to a preallocated lock-free log
+//! ([`StampRing`]); those live in `blk_device::trace`, this module owns the logs. A disabled [`QueueTrace`] costs one predictable branch. At the end
 //! of the run [`Tracer::write_chrome_json`] reads the guest's log out of guest memory
 //! ([`guest_log`]), maps guest TSC to host TSC ([`tsc`]), matches each guest request to the
 //! device's stamps by queue, head and time ([`timeline`]) and writes the file ([`chrome`]).
@@ -19,7 +19,6 @@
 
 pub mod chrome;
 pub mod guest_log;
-pub mod ring;
 pub mod table;
 pub mod timeline;
 pub mod tsc;
@@ -29,89 +28,15 @@ use std::sync::{Arc, Mutex};
 
 use vm_memory::GuestMemoryMmap;
 
-pub use ring::{Stamp, StampRing};
+pub use blk_device::trace::{rdtsc, QueueTrace, Stage, Stamp, StampRing, NO_HEAD};
 pub use table::{StageRow, StageTable};
-pub use tsc::{measure_tsc_offset, rdtsc, TscMapping, TscMethod};
-
-/// Head value of a stamp that belongs to a batch rather than one chain (a kick, an interrupt).
-pub const NO_HEAD: u16 = u16::MAX;
+pub use tsc::{measure_tsc_offset, TscMapping, TscMethod};
 
 /// The tail left out of [`TraceSummary::typical`]: requests above this quantile of the total.
 pub const TYPICAL_QUANTILE: f64 = 0.9;
 
 /// Default log size per queue: 1 Mi stamps (16 MiB), about 2 s of QD1 at 60k IOPS.
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
-
-/// Where a request is, as seen by the device. Stamped in this order for one request.
-#[repr(u8)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Stage {
-    /// The queue's kick (ioeventfd) was seen by the thread serving it (per batch: [`NO_HEAD`]).
-    KickSeen = 0,
-    /// The chain was popped from the avail ring.
-    Popped = 1,
-    /// The chain was parsed into a request.
-    Parsed = 2,
-    /// The request was handed to another thread (`workers` io mode).
-    HandedToWorker = 3,
-    /// The request was submitted to the backend engine.
-    BackendSubmit = 4,
-    /// The backend engine reported the request complete.
-    BackendComplete = 5,
-    /// The used element was published (used index written).
-    UsedPublished = 6,
-    /// The queue's interrupt was injected (irqfd written; per batch: [`NO_HEAD`] allowed).
-    IrqInjected = 7,
-}
-
-impl Stage {
-    /// Every stage, in request order.
-    pub const ALL: [Stage; 8] = [
-        Stage::KickSeen,
-        Stage::Popped,
-        Stage::Parsed,
-        Stage::HandedToWorker,
-        Stage::BackendSubmit,
-        Stage::BackendComplete,
-        Stage::UsedPublished,
-        Stage::IrqInjected,
-    ];
-
-    /// The stage with this `as u8` value.
-    pub fn from_u8(v: u8) -> Option<Stage> {
-        Stage::ALL.get(usize::from(v)).copied()
-    }
-}
-
-/// One queue's handle for stamping; cheap to clone, `Send`. Disabled handles record nothing.
-#[derive(Debug, Clone, Default)]
-pub struct QueueTrace {
-    ring: Option<Arc<StampRing>>,
-}
-
-impl QueueTrace {
-    /// A handle that records nothing (tracing off).
-    pub const fn disabled() -> Self {
-        QueueTrace { ring: None }
-    }
-
-    /// Whether stamps are recorded.
-    pub fn is_enabled(&self) -> bool {
-        self.ring.is_some()
-    }
-
-    /// Records that chain `head` (or the batch, with [`NO_HEAD`]) reached `stage` now.
-    #[inline]
-    pub fn stamp(&self, stage: Stage, head: u16) {
-        if let Some(ring) = &self.ring {
-            ring.push(Stamp {
-                tsc: rdtsc(),
-                stage: stage as u8,
-                head,
-            });
-        }
-    }
-}
 
 /// A queue's log, with where it belongs.
 #[derive(Debug)]
@@ -207,9 +132,7 @@ impl Tracer {
             .iter()
             .find(|q| q.device == device && q.queue == queue)
         {
-            return QueueTrace {
-                ring: Some(q.ring.clone()),
-            };
+            return QueueTrace::new(q.ring.clone());
         }
         let ring = Arc::new(StampRing::new(self.capacity));
         queues.push(QueueLog {
@@ -217,7 +140,7 @@ impl Tracer {
             queue,
             ring: ring.clone(),
         });
-        QueueTrace { ring: Some(ring) }
+        QueueTrace::new(ring)
     }
 
     /// Sets the guest/host TSC mapping (from [`measure_tsc_offset`]).

@@ -10,9 +10,9 @@
 //! the pop and after the guest's kick, the first interrupt after the used element.
 
 use super::guest_log::GuestEntry;
-use super::ring::Stamp;
 use super::tsc::{TscMapping, TscMethod};
 use super::Stage;
+use super::Stamp;
 
 /// One queue's stamps, as taken from its log.
 #[derive(Debug, Clone, Default)]

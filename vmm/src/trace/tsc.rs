@@ -19,12 +19,7 @@ pub const TRIES: usize = 20;
 /// `KVM_GET_DEVICE_ATTR` = `_IOW(KVMIO, 0xe2, struct kvm_device_attr)`.
 const KVM_GET_DEVICE_ATTR: libc::c_ulong = 0x4018_aee2;
 
-/// Reads the host's TSC.
-#[inline]
-pub fn rdtsc() -> u64 {
-    // SAFETY: rdtsc has no memory effects and exists on every x86-64 CPU.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
+pub use blk_device::trace::rdtsc;
 
 /// How the guest/host offset was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

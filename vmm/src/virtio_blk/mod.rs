@@ -1,37 +1,28 @@
-//! The virtio-blk PCI device (VIRTIO 1.x, 5.2 "Block Device" over 4.1 "Virtio Over PCI Bus").
+//! The virtio-blk PCI device: the device model of `blk-device` behind the virtio-pci
+//! transport of `pci-transport` (VIRTIO 1.x, 4.1 "Virtio Over PCI Bus").
 //!
-//! Reading order, following one request:
-//! - [`device`]: the PCI function (config space, BAR0, feature decisions, activation); a
-//!   guest kick lands on an ioeventfd registered there.
-//! - [`handler`]: the dataplane thread woken by that ioeventfd; it pops the chain
-//!   ([`iothread`]: the one loop shared by all disks in `IoMode::Iothread`; [`pool`]: the
-//!   worker threads that run the I/O in `IoMode::Workers`).
-//! - [`request`]: the chain parsed by `blk-proto` becomes an engine operation over host
-//!   iovecs ([`guest_iovec`]); its completion writes the status byte and the used element.
-//! - back in [`handler`]: one notification decision per batch, then an irqfd write
-//!   ([`crate::interrupts::IrqLine`]).
+//! [`device`] is the PCI function: config space, BAR0, ioeventfds for the notify registers,
+//! MSI-X vectors routed to irqfds; at DRIVER_OK it hands the enabled queues to
+//! [`blk_device::device::BlockDevice::activate`], which serves them in the VM's I/O mode.
 
 pub mod device;
-pub mod failure_log;
-pub mod guest_iovec;
-pub mod handler;
-pub mod iothread;
-pub mod pool;
-pub mod request;
 #[cfg(test)]
 mod tests;
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use blk_device::event_loop::{EventLoop, LoopOptions};
+use blk_device::mode::{IoMode, ServeOptions};
+use blk_device::threads::{ThreadHook, ThreadRole};
 
 pub use device::VirtioBlkPci;
 
-use crate::config::IoMode;
 use crate::interrupts::{InterruptError, MsiRouter};
 use crate::metrics::DeviceMetrics;
+use crate::seccomp::{apply_thread, ThreadKind};
 use crate::trace::Tracer;
-use iothread::IoThread;
 
 /// What a virtio-blk device needs from the VM it is plugged into.
 #[derive(Debug, Clone)]
@@ -44,14 +35,14 @@ pub struct DeviceContext {
     pub msi: Arc<MsiRouter>,
     /// Guest physical address the platform assigned to BAR0.
     pub bar0_addr: u64,
-    /// Who answers the queues: the vcpu thread or dataplane threads.
+    /// Who serves the queues.
     pub io_mode: IoMode,
-    /// Busy-poll budget of a dataplane thread before it sleeps, in microseconds (0: never poll).
+    /// Busy-poll budget of a serving thread before it sleeps, in microseconds (0: never poll).
     pub poll_us: u32,
     /// Worker threads of the device's pool (`IoMode::Workers`).
     pub workers: usize,
-    /// The event loop shared by every disk (`IoMode::Iothread`; `None` otherwise).
-    pub iothread: Option<Arc<IoThread>>,
+    /// The event loop shared by every disk (modes whose row says `shared_loop`).
+    pub iothread: Option<Arc<EventLoop>>,
     /// The VM's tracer, when `--trace` is given.
     pub tracer: Option<Arc<Tracer>>,
     /// The device's index for the tracer (its `--disk` position).
@@ -62,8 +53,7 @@ pub struct DeviceContext {
 
 impl DeviceContext {
     /// A context with the defaults for everything but the VM and the mode: the default
-    /// polling window and pool size, no shared I/O thread (`IoMode::Iothread` then runs one
-    /// thread for the device), no tracing, fresh metrics.
+    /// polling window and pool size, no shared I/O thread, no tracing, fresh metrics.
     pub fn new(
         vm: Arc<kvm_ioctls::VmFd>,
         mem: vm_memory::GuestMemoryMmap,
@@ -71,41 +61,69 @@ impl DeviceContext {
         bar0_addr: u64,
         io_mode: IoMode,
     ) -> Self {
+        let defaults = ServeOptions::new(io_mode);
         DeviceContext {
             vm,
             mem,
             msi,
             bar0_addr,
             io_mode,
-            poll_us: handler::DEFAULT_POLL_US,
-            workers: pool::DEFAULT_WORKERS,
+            poll_us: defaults.poll_us,
+            workers: defaults.workers,
             iothread: None,
             tracer: None,
             device_index: 0,
             metrics: Arc::new(DeviceMetrics::new("virtio-blk")),
         }
     }
+
+    /// How the device model serves this device's `queues` queues.
+    fn serve_options(&self, queues: u16) -> ServeOptions {
+        ServeOptions {
+            mode: self.io_mode,
+            poll_us: self.poll_us,
+            workers: self.workers,
+            shared_loop: self.iothread.clone(),
+            traces: (0..queues)
+                .map(|q| {
+                    self.tracer
+                        .as_ref()
+                        .map_or_else(Default::default, |t| t.queue(self.device_index, q))
+                })
+                .collect(),
+            hook: seccomp_hook(),
+            thread_name: "vblk".into(),
+        }
+    }
 }
 
-/// Errors of creating or running a virtio-blk device.
+/// Confines every thread the device model starts to its seccomp allowlist.
+fn seccomp_hook() -> ThreadHook {
+    ThreadHook::new(|role| {
+        apply_thread(match role {
+            ThreadRole::Queue => ThreadKind::Device,
+            ThreadRole::Worker => ThreadKind::Worker,
+        })
+    })
+}
+
+/// The VM's one shared event loop (`IoMode::Iothread`): serves every disk's queues under
+/// `vm_lock`, never polling.
+pub fn shared_loop(vm_lock: Arc<Mutex<()>>) -> io::Result<EventLoop> {
+    EventLoop::start(LoopOptions {
+        name: "iothread".into(),
+        poll_us: 0,
+        lock: Some(vm_lock),
+        hook: seccomp_hook(),
+    })
+}
+
+/// Errors of creating a virtio-blk PCI device.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    /// The disk image could not be opened or an engine could not be built on it.
-    #[error("disk {}: {source}", path.display())]
-    Disk {
-        /// The `--disk` path.
-        path: PathBuf,
-        /// What backend-raw reported (it names the fix).
-        source: backend_raw::Error,
-    },
-    /// The disk's configuration is unusable.
-    #[error("disk {}: {reason}", path.display())]
-    Config {
-        /// The `--disk` path.
-        path: PathBuf,
-        /// What is wrong and how to fix it.
-        reason: String,
-    },
+    /// The device model refused the disk (it names the fix).
+    #[error(transparent)]
+    Model(#[from] blk_device::error::DeviceError),
     /// The PCI transport rejected the device layout.
     #[error("disk {}: virtio-pci transport: {reason}", path.display())]
     Transport {
@@ -122,13 +140,21 @@ pub enum DeviceError {
         /// The routing error.
         source: InterruptError,
     },
-    /// An eventfd or epoll instance could not be created.
-    #[error("disk {}: cannot create an eventfd/epoll: {source}; raise the open-files limit (ulimit -n)", path.display())]
+    /// An eventfd could not be created.
+    #[error("disk {}: cannot create an eventfd: {source}; raise the open-files limit (ulimit -n)", path.display())]
     Fd {
         /// The `--disk` path.
         path: PathBuf,
         /// The system's error.
         source: io::Error,
+    },
+    /// The disk needs more queues or vectors than the transport has.
+    #[error("disk {}: {reason}", path.display())]
+    Config {
+        /// The `--disk` path.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        reason: String,
     },
     /// `KVM_IOEVENTFD` failed.
     #[error("disk {}: cannot register the notify ioeventfd at {addr:#x}: {source}; is BAR0 inside the MMIO hole and unique?", path.display())]
@@ -138,14 +164,6 @@ pub enum DeviceError {
         /// Guest physical address of the queue notify register.
         addr: u64,
         /// The kernel's error.
-        source: io::Error,
-    },
-    /// A dataplane thread could not be started.
-    #[error("disk {}: cannot start a dataplane thread: {source}", path.display())]
-    Thread {
-        /// The `--disk` path.
-        path: PathBuf,
-        /// The system's error.
         source: io::Error,
     },
 }

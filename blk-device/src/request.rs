@@ -6,7 +6,7 @@
 //! UNSUPP) when its chain has a usable status byte, and returned with used length 0 when it
 //! has none.
 
-use backend_raw::{Completion, Engine, IoOp};
+use backend_raw::{Engine, IoOp};
 use blk_proto::{
     encode_id, parse_request, DeviceLimits, Request, RequestType, Status, MAX_DISCARD_SEGMENTS,
     SECTOR_SIZE, VIRTIO_BLK_ID_BYTES,
@@ -16,9 +16,8 @@ use vm_memory::GuestMemoryMmap;
 
 use std::sync::Arc;
 
-use super::guest_iovec::IovecList;
+use crate::guest_iovec::IovecList;
 use crate::metrics::DeviceMetrics;
-use crate::trace::{QueueTrace, Stage};
 
 /// A chain to return through the used ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,28 +96,12 @@ pub enum Outcome {
     Invalid,
 }
 
-/// A request handed to the engine, waiting for its operations to complete.
-#[derive(Debug, Clone, Copy)]
-struct InFlight {
-    head: u16,
-    status_addr: u64,
-    /// Used length if the request succeeds.
-    ok_len: u32,
-    /// Bytes each operation must transfer (reads and writes; 0 for the others).
-    expect: u32,
-    /// Operations not completed yet (discard / write-zeroes have one per range).
-    ops_left: u16,
-    failed: bool,
-    /// The request's first operation (named in the failure log).
-    op: IoOp,
-    failure: Option<Failure>,
-}
-
 /// A parsed request with its engine operations and host iovecs, ready to run on any thread.
 ///
-/// Allocated once per queue slot (its iovec list keeps its capacity), reused for every
-/// request: in `IoMode::Workers` the box itself travels to a pool worker and back over
-/// channels, so the hot path allocates nothing.
+/// Allocated once per ring entry when a queue starts (its iovec list keeps its capacity) and
+/// reused for every request: the box moves from the queue's free list to whoever runs it (the
+/// serving thread's [`InFlightTable`](crate::inflight::InFlightTable), or a pool worker's, over
+/// a channel) and back, so the hot path allocates nothing.
 #[derive(Debug)]
 pub struct IoJob {
     /// Which queue the job belongs to (its route back).
@@ -232,7 +215,23 @@ impl IoJob {
         }
     }
 
-    /// Writes the status byte (after all data) and records the used length.
+    /// The used element of a finished job ([`IoJob::finish`]).
+    pub fn used(&self) -> Used {
+        Used {
+            head: self.head,
+            len: self.used_len,
+            bytes: if self.outcome == Outcome::Ok {
+                self.expect
+            } else {
+                0
+            },
+            outcome: self.outcome,
+            failure: self.failure.filter(|_| self.outcome != Outcome::Ok),
+        }
+    }
+
+    /// Writes the status byte (after all data) and records the used length: the one place a
+    /// request that reached an engine gets its status.
     pub fn finish(&mut self, mem: &GuestMemoryMmap) -> Used {
         let status = if self.failed {
             Status::IoErr
@@ -383,183 +382,6 @@ impl RequestParser {
             rest = later;
         }
         finish(mem, head, req, Status::Ok)
-    }
-}
-
-/// Runs one queue's requests on its engine.
-pub struct Executor {
-    engine: Box<dyn Engine>,
-    parser: RequestParser,
-    job: Box<IoJob>,
-    slots: Vec<Option<InFlight>>,
-    free: Vec<u32>,
-    completions: Vec<Completion>,
-}
-
-impl std::fmt::Debug for Executor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Executor")
-            .field("engine", &self.engine.kind())
-            .field("in_flight", &self.engine.in_flight())
-            .finish()
-    }
-}
-
-/// Engine depth needed for `queue_size` requests in flight at once: every request is one
-/// operation except discard / write-zeroes, which may have up to [`MAX_DISCARD_SEGMENTS`].
-pub fn engine_depth(queue_size: u16) -> usize {
-    usize::from(queue_size) + MAX_DISCARD_SEGMENTS
-}
-
-impl Executor {
-    /// An executor over `engine` (built with [`engine_depth`]), enforcing `limits` and
-    /// answering GET_ID with `serial` (truncated to 20 bytes, NUL-padded).
-    pub fn new(engine: Box<dyn Engine>, limits: DeviceLimits, serial: &str) -> Self {
-        Self::with_parser(engine, RequestParser::new(limits, serial))
-    }
-
-    /// An executor over `engine` parsing with `parser`.
-    pub fn with_parser(engine: Box<dyn Engine>, parser: RequestParser) -> Self {
-        let depth = engine.capacity();
-        Executor {
-            engine,
-            parser,
-            job: IoJob::with_capacity(64),
-            slots: Vec::with_capacity(depth),
-            free: Vec::with_capacity(depth),
-            completions: Vec::with_capacity(depth),
-        }
-    }
-
-    /// Whether a request of any type can be started without overfilling the engine.
-    pub fn has_room(&self) -> bool {
-        self.engine.in_flight() + MAX_DISCARD_SEGMENTS <= self.engine.capacity()
-    }
-
-    /// Operations submitted and not reaped.
-    pub fn in_flight(&self) -> usize {
-        self.engine.in_flight()
-    }
-
-    /// The engine's completion eventfd, for epoll.
-    pub fn completion_fd(&self) -> Option<i32> {
-        self.engine.completion_fd()
-    }
-
-    /// Clears the completion eventfd's readiness (after epoll reported it).
-    pub fn drain_completion_fd(&self) {
-        self.engine.drain_completion_fd();
-    }
-
-    /// Blocks until a completion can be reaped (or nothing is in flight).
-    pub fn wait(&mut self) {
-        // An error here means io_uring_enter failed; the caller reaps what there is and
-        // comes back, so a transient error costs a retry, not a hang.
-        let _ = self.engine.wait();
-    }
-
-    /// Pushes the batch of submissions to the kernel. A failure completes nothing: the
-    /// submissions stay queued and the next call retries them.
-    pub fn flush_submissions(&mut self) {
-        let _ = self.engine.flush_submissions();
-    }
-
-    /// Parses `chain` and starts its request; a request that finishes at once (GET_ID,
-    /// invalid requests) is appended to `used`. Returns `true` when the request went to
-    /// the engine. Stamps `Parsed` once parsed and `BackendSubmit` just before the engine
-    /// gets it (the sync engine does the whole transfer inside the submission).
-    pub fn start(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        chain: &DescriptorChain,
-        used: &mut Vec<Used>,
-        trace: &QueueTrace,
-    ) -> bool {
-        if let Some(done) = self.parser.prepare(mem, chain, &mut self.job) {
-            used.push(done);
-            return false;
-        }
-        trace.stamp(Stage::Parsed, self.job.head);
-        let flight = InFlight {
-            head: self.job.head,
-            status_addr: self.job.status_addr,
-            ok_len: self.job.ok_len,
-            expect: self.job.expect,
-            ops_left: 0,
-            failed: false,
-            op: self.job.ops().first().copied().unwrap_or(IoOp::Flush),
-            failure: None,
-        };
-        let slot = self.alloc(flight);
-        trace.stamp(Stage::BackendSubmit, self.job.head);
-        // QueueFull cannot happen while `has_room` gates `start`; a refused operation
-        // fails the request rather than losing it.
-        let submitted = self.job.submit_to(self.engine.as_mut(), u64::from(slot));
-        let (failed, failure) = (self.job.failed, self.job.failure);
-        if let Some(Some(f)) = self.slots.get_mut(slot as usize) {
-            f.ops_left = submitted;
-            f.failed |= failed;
-            f.failure = f.failure.or(failure);
-        }
-        if submitted == 0 {
-            if let Some(done) = self.release(mem, slot) {
-                used.push(done);
-            }
-        }
-        true
-    }
-
-    /// Reaps finished operations; completes the requests whose last operation finished.
-    /// Returns how many operations were reaped.
-    pub fn reap(&mut self, mem: &GuestMemoryMmap, used: &mut Vec<Used>) -> usize {
-        self.completions.clear();
-        let n = self.engine.reap(&mut self.completions);
-        for i in 0..self.completions.len() {
-            let Some(c) = self.completions.get(i).copied() else {
-                break;
-            };
-            let Ok(slot) = u32::try_from(c.user_data) else {
-                continue;
-            };
-            let Some(Some(f)) = self.slots.get_mut(slot as usize) else {
-                continue;
-            };
-            if c.result != Ok(f.expect) {
-                f.failed = true;
-                f.failure = f.failure.or(Failure::of(f.op, c.result, f.expect));
-            }
-            f.ops_left = f.ops_left.saturating_sub(1);
-            if f.ops_left == 0 {
-                if let Some(done) = self.release(mem, slot) {
-                    used.push(done);
-                }
-            }
-        }
-        n
-    }
-
-    fn alloc(&mut self, flight: InFlight) -> u32 {
-        if let Some(slot) = self.free.pop() {
-            if let Some(s) = self.slots.get_mut(slot as usize) {
-                *s = Some(flight);
-                return slot;
-            }
-        }
-        self.slots.push(Some(flight));
-        (self.slots.len() - 1) as u32
-    }
-
-    /// Frees `slot` and writes its request's status.
-    fn release(&mut self, mem: &GuestMemoryMmap, slot: u32) -> Option<Used> {
-        let f = self.slots.get_mut(slot as usize)?.take()?;
-        self.free.push(slot);
-        let status = if f.failed { Status::IoErr } else { Status::Ok };
-        let len = if f.failed { 1 } else { f.ok_len };
-        let used = write_status(mem, f.head, f.status_addr, status, len, f.expect);
-        Some(Used {
-            failure: if f.failed { f.failure } else { None },
-            ..used
-        })
     }
 }
 

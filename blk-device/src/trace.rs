@@ -1,21 +1,122 @@
-//! A preallocated, lock-free, multi-producer log of stamps for one queue.
+//! Per-request stamps on the device's hot path: the stages of a request, a preallocated
+//! lock-free log per queue ([`StampRing`]) and the handle the queue service stamps through
+//! ([`QueueTrace`]).
 //!
 //! Producers reserve a slot with one `fetch_add` and fill it; the log never wraps: once it is
 //! full, stamps are dropped and counted. Keeping the *first* stamps (rather than the latest)
-//! keeps the device's record aligned with the guest's log, which also starts at boot. The
+//! keeps the device's record aligned with a guest's log, which also starts at boot. The
 //! reader runs after the producers stopped (at the end of the run); a slot whose producer
-//! had not finished writing is skipped through its `meta` word, published last.
+//! had not finished writing is skipped through its `meta` word, published last. Whoever owns
+//! the logs (the VMM's tracer) joins them with the guest's view; this crate only records.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use blk_device::trace::{QueueTrace, Stage, StampRing};
+//! let ring = Arc::new(StampRing::new(16));
+//! let q = QueueTrace::new(ring.clone());
+//! q.stamp(Stage::Popped, 3);
+//! QueueTrace::disabled().stamp(Stage::Popped, 3); // costs a branch, records nothing
+//! assert_eq!(ring.snapshot().len(), 1);
+//! ```
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
-/// One recorded event: when (host TSC), what ([`super::Stage`] as `u8`), which chain (`head`).
+/// Head value of a stamp that belongs to a batch rather than one chain (a kick, an interrupt).
+pub const NO_HEAD: u16 = u16::MAX;
+
+/// Where a request is, as seen by the device. Stamped in this order for one request.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Stage {
+    /// The queue's kick (ioeventfd) was seen by the thread serving it (per batch: [`NO_HEAD`]).
+    KickSeen = 0,
+    /// The chain was popped from the avail ring.
+    Popped = 1,
+    /// The chain was parsed into a request.
+    Parsed = 2,
+    /// The request was handed to another thread (`workers` io mode).
+    HandedToWorker = 3,
+    /// The request was submitted to the backend engine.
+    BackendSubmit = 4,
+    /// The engine reported the request's last operation complete, seen by whoever reaps the
+    /// engine (the serving thread or a pool worker), before the status byte is written.
+    BackendComplete = 5,
+    /// The used element was published (used index written).
+    UsedPublished = 6,
+    /// The queue's interrupt was injected (per batch: [`NO_HEAD`] allowed).
+    IrqInjected = 7,
+}
+
+impl Stage {
+    /// Every stage, in request order.
+    pub const ALL: [Stage; 8] = [
+        Stage::KickSeen,
+        Stage::Popped,
+        Stage::Parsed,
+        Stage::HandedToWorker,
+        Stage::BackendSubmit,
+        Stage::BackendComplete,
+        Stage::UsedPublished,
+        Stage::IrqInjected,
+    ];
+
+    /// The stage with this `as u8` value.
+    pub fn from_u8(v: u8) -> Option<Stage> {
+        Stage::ALL.get(usize::from(v)).copied()
+    }
+}
+
+/// The host's time stamp counter: what every stamp records.
+#[inline]
+pub fn rdtsc() -> u64 {
+    // SAFETY: rdtsc has no memory effects and exists on every x86-64 CPU.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// One queue's handle for stamping; cheap to clone, `Send`. Disabled handles record nothing.
+#[derive(Debug, Clone, Default)]
+pub struct QueueTrace {
+    ring: Option<Arc<StampRing>>,
+}
+
+impl QueueTrace {
+    /// A handle that records nothing (tracing off).
+    pub const fn disabled() -> Self {
+        QueueTrace { ring: None }
+    }
+
+    /// A handle appending to `ring`.
+    pub fn new(ring: Arc<StampRing>) -> Self {
+        QueueTrace { ring: Some(ring) }
+    }
+
+    /// Whether stamps are recorded.
+    pub fn is_enabled(&self) -> bool {
+        self.ring.is_some()
+    }
+
+    /// Records that chain `head` (or the batch, with [`NO_HEAD`]) reached `stage` now.
+    #[inline]
+    pub fn stamp(&self, stage: Stage, head: u16) {
+        if let Some(ring) = &self.ring {
+            ring.push(Stamp {
+                tsc: rdtsc(),
+                stage: stage as u8,
+                head,
+            });
+        }
+    }
+}
+
+/// One recorded event: when (host TSC), what ([`Stage`] as `u8`), which chain (`head`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
     /// Host TSC when the stage was reached.
     pub tsc: u64,
     /// The stage, as `Stage as u8`.
     pub stage: u8,
-    /// Head descriptor index ([`super::NO_HEAD`] for per-batch stages).
+    /// Head descriptor index ([`NO_HEAD`] for per-batch stages).
     pub head: u16,
 }
 
@@ -96,7 +197,6 @@ impl StampRing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn stamp(i: u64) -> Stamp {
         Stamp {

@@ -1,0 +1,250 @@
+//! The one event loop: a thread that serves the queues attached to it, woken by their kick
+//! eventfds and completion fds, with an optional lock held per turn and optional adaptive
+//! polling before it sleeps.
+//!
+//! The `dataplane` and `workers` modes run one loop per queue, polling, with no lock; the
+//! `iothread` mode runs one loop for every queue of every disk, under the VM-wide lock, never
+//! polling. Queues are attached when the driver sets DRIVER_OK and detached at reset or stop:
+//! [`EventLoop::detach`] takes the registry lock, so the loop is never in the middle of a turn
+//! of a queue being taken away. Lock order: the loop's lock (the VM-wide lock), then the
+//! registry.
+
+use std::os::unix::io::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::poll::AdaptivePoll;
+use crate::service::QueueService;
+use crate::threads::{ThreadHook, ThreadRole};
+
+/// epoll tag of the stop eventfd; the queue in registry slot `s` uses `2 * s` for its kick and
+/// `2 * s + 1` for its completions.
+const STOP_TAG: u64 = u64::MAX;
+
+/// A queue as handed to a loop: its service and the eventfd its kicks arrive on.
+#[derive(Debug)]
+pub struct ServedQueue {
+    /// The queue's service.
+    pub service: QueueService,
+    /// Readable when the driver kicks this queue (a duplicate of the ioeventfd or call fd).
+    pub kick: EventFd,
+}
+
+/// How a loop runs.
+#[derive(Debug, Clone, Default)]
+pub struct LoopOptions {
+    /// The thread's name.
+    pub name: String,
+    /// Busy-poll budget before sleeping, in microseconds (0: never poll).
+    pub poll_us: u32,
+    /// A lock held around every turn (the VM-wide lock of the `iothread` mode).
+    pub lock: Option<Arc<Mutex<()>>>,
+    /// Run first in the loop's thread.
+    pub hook: ThreadHook,
+}
+
+/// A running loop.
+#[derive(Debug)]
+pub struct EventLoop {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    epoll: Epoll,
+    registry: Mutex<Vec<Option<ServedQueue>>>,
+    stop: AtomicBool,
+    stop_evt: EventFd,
+    lock: Option<Arc<Mutex<()>>>,
+    poll_us: u32,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl EventLoop {
+    /// Starts the loop's thread, with no queue yet.
+    pub fn start(opts: LoopOptions) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            epoll: Epoll::new()?,
+            registry: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+            stop_evt: EventFd::new(EFD_NONBLOCK)?,
+            lock: opts.lock,
+            poll_us: opts.poll_us,
+        });
+        shared.add(shared.stop_evt.as_raw_fd(), STOP_TAG)?;
+        let s = shared.clone();
+        let hook = opts.hook;
+        let h = std::thread::Builder::new().name(opts.name).spawn(move || {
+            hook.run(ThreadRole::Queue);
+            s.run()
+        })?;
+        Ok(EventLoop {
+            shared,
+            thread: Mutex::new(Some(h)),
+        })
+    }
+
+    /// Hands `queues` to the loop; returns their slots (for [`EventLoop::detach`]).
+    pub fn attach(&self, queues: Vec<ServedQueue>) -> std::io::Result<Vec<usize>> {
+        let mut reg = lock(&self.shared.registry);
+        let mut slots = Vec::with_capacity(queues.len());
+        for mut q in queues {
+            q.service.disable_kicks();
+            let slot = match reg.iter().position(Option::is_none) {
+                Some(s) => s,
+                None => {
+                    reg.push(None);
+                    reg.len() - 1
+                }
+            };
+            let tag = 2 * slot as u64;
+            self.shared.add(q.kick.as_raw_fd(), tag)?;
+            if let Some(fd) = q.service.completion_fd() {
+                self.shared.add(fd, tag + 1)?;
+            }
+            // Chains may already wait (the driver kicked before DRIVER_OK was handled): one
+            // turn for the new queue.
+            let _ = q.kick.write(1);
+            if let Some(entry) = reg.get_mut(slot) {
+                *entry = Some(q);
+            }
+            slots.push(slot);
+        }
+        Ok(slots)
+    }
+
+    /// Takes the queues in `slots` back, after their in-flight requests completed.
+    pub fn detach(&self, slots: &[usize]) -> Vec<QueueService> {
+        let mut taken = Vec::with_capacity(slots.len());
+        {
+            let mut reg = lock(&self.shared.registry);
+            for &s in slots {
+                if let Some(q) = reg.get_mut(s).and_then(Option::take) {
+                    self.shared.remove(q.kick.as_raw_fd());
+                    if let Some(fd) = q.service.completion_fd() {
+                        self.shared.remove(fd);
+                    }
+                    taken.push(q.service);
+                }
+            }
+        }
+        taken.iter_mut().for_each(QueueService::quiesce);
+        taken
+    }
+
+    /// Stops and joins the thread. Queues still attached stay in the registry; detach them
+    /// to take them back.
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        let _ = self.shared.stop_evt.write(1);
+        if let Some(h) = lock(&self.thread).take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for EventLoop {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Shared {
+    fn add(&self, fd: i32, tag: u64) -> std::io::Result<()> {
+        self.epoll.ctl(
+            ControlOperation::Add,
+            fd,
+            EpollEvent::new(EventSet::IN, tag),
+        )
+    }
+
+    fn remove(&self, fd: i32) {
+        let _ = self
+            .epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Runs `f` on every attached queue, holding the loop's lock and the registry for this
+    /// one turn only: a vCPU waiting for the VM-wide lock gets it between turns.
+    fn each<R>(&self, init: R, mut f: impl FnMut(R, &mut ServedQueue) -> R) -> R {
+        let _held = self.lock.as_deref().map(lock);
+        let mut reg = lock(&self.registry);
+        reg.iter_mut().flatten().fold(init, &mut f)
+    }
+
+    fn turn(&self) -> bool {
+        self.each(false, |work, q| q.service.process() | work)
+    }
+
+    fn run(&self) {
+        let mut poller = AdaptivePoll::new(self.poll_us);
+        let mut events = vec![EpollEvent::default(); 64];
+        while !self.stopped() {
+            if self.turn() {
+                continue;
+            }
+            if poller.enabled()
+                && self.each(true, |may, q| q.service.may_poll() & may)
+                && poller.poll(|| self.turn() || self.stopped())
+            {
+                continue;
+            }
+            // Kicks on again; chains that slipped in meanwhile get another turn.
+            if self.each(false, |pending, q| q.service.enable_kicks() | pending) {
+                self.each((), |(), q| q.service.disable_kicks());
+                continue;
+            }
+            // Finished jobs that arrived before the doorbell was armed: no sleep.
+            if self.each(false, |pending, q| q.service.prepare_sleep() | pending) {
+                self.each((), |(), q| {
+                    q.service.woke();
+                    q.service.disable_kicks()
+                });
+                continue;
+            }
+            let slept = Instant::now();
+            let n = self.epoll.wait(-1, &mut events).unwrap_or(0);
+            poller.after_sleep(slept.elapsed());
+            let tags: &[EpollEvent] = events.get(..n).unwrap_or(&[]);
+            self.each((), |(), q| q.service.woke());
+            let reg = lock(&self.registry);
+            for ev in tags {
+                acknowledge(&reg, ev.data());
+            }
+            drop(reg);
+            self.each((), |(), q| q.service.disable_kicks());
+        }
+    }
+}
+
+/// Clears the readiness epoll reported for `tag`: a kick (even tag) is counted and stamped,
+/// a completion fd (odd tag) drained.
+fn acknowledge(reg: &[Option<ServedQueue>], tag: u64) {
+    if tag == STOP_TAG {
+        return;
+    }
+    let Some(Some(q)) = usize::try_from(tag / 2).ok().and_then(|s| reg.get(s)) else {
+        return;
+    };
+    if tag & 1 == 0 {
+        // EAGAIN: already drained by an earlier event; nothing to do.
+        if q.kick.read().is_ok() {
+            q.service.kick_seen();
+        }
+    } else {
+        q.service.drain_completion_fd();
+    }
+}

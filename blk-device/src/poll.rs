@@ -1,0 +1,115 @@
+//! Adaptive busy-polling before a serving thread sleeps.
+//!
+//! Waking a sleeping thread costs far more than a look at a ring, so before sleeping the
+//! thread spins on the avail ring and the engine's completions for a window of at most
+//! `poll_us`. As QEMU's `poll-max-ns` does, the window adapts to the load: after a sleep
+//! shorter than the maximum window, a longer window would have caught the work without the
+//! wake-up, so it doubles; after a longer sleep, polling was wasted CPU (taken from the vCPU
+//! on a small host), so it halves. `poll_us = 0` never polls.
+
+use std::time::{Duration, Instant};
+
+/// The default maximum polling window (`--poll-us`), in microseconds.
+///
+/// A window must cover the guest's think time between seeing a completion and kicking the
+/// next request, which saves a wake-up; it must not try to cover a disk read, because with
+/// two cores the vCPU spins on one and a long-polling thread on the other takes the CPU the
+/// kernel's completion work and the pool's workers need (see the notes of the I/O modes
+/// issue for the sweep that chose it).
+pub const DEFAULT_POLL_US: u32 = 10;
+
+/// Smallest window once polling is on: below this a poll cannot even see a kick.
+const MIN_POLL_WINDOW: Duration = Duration::from_micros(1);
+
+/// A polling window that adapts to how long the thread then slept.
+///
+/// ```
+/// use std::time::Duration;
+/// use blk_device::poll::AdaptivePoll;
+/// let mut p = AdaptivePoll::new(8);
+/// assert!(p.poll(|| true));
+/// p.after_sleep(Duration::from_millis(5)); // long sleep: polling was wasted
+/// assert_eq!(p.window(), Duration::from_micros(4));
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct AdaptivePoll {
+    max: Duration,
+    window: Duration,
+}
+
+impl AdaptivePoll {
+    /// A poller whose window may grow to `poll_us` microseconds; it starts at the maximum.
+    pub fn new(poll_us: u32) -> Self {
+        let max = Duration::from_micros(u64::from(poll_us));
+        AdaptivePoll { max, window: max }
+    }
+
+    /// The current window.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// Whether polling is on at all.
+    pub fn enabled(&self) -> bool {
+        !self.max.is_zero()
+    }
+
+    /// Calls `find_work` until it returns `true` or the window ends; returns whether it found work.
+    pub fn poll(&mut self, mut find_work: impl FnMut() -> bool) -> bool {
+        if self.max.is_zero() {
+            return false;
+        }
+        let start = Instant::now();
+        loop {
+            if find_work() {
+                return true;
+            }
+            if start.elapsed() >= self.window {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Adapts the window to a sleep of `slept` after a poll that found nothing.
+    pub fn after_sleep(&mut self, slept: Duration) {
+        if self.max.is_zero() {
+            return;
+        }
+        self.window = if slept <= self.max {
+            (self.window * 2).min(self.max)
+        } else {
+            (self.window / 2).max(MIN_POLL_WINDOW)
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_halves_after_long_sleeps_and_doubles_back_after_short_ones() {
+        let mut p = AdaptivePoll::new(16);
+        for _ in 0..10 {
+            p.after_sleep(Duration::from_millis(1));
+        }
+        assert_eq!(p.window(), MIN_POLL_WINDOW);
+        for _ in 0..10 {
+            p.after_sleep(Duration::from_micros(1));
+        }
+        assert_eq!(p.window(), Duration::from_micros(16));
+    }
+
+    #[test]
+    fn zero_never_polls() {
+        let mut p = AdaptivePoll::new(0);
+        let mut calls = 0;
+        assert!(!p.poll(|| {
+            calls += 1;
+            true
+        }));
+        assert_eq!(calls, 0);
+        assert!(!p.enabled());
+    }
+}

@@ -1,0 +1,135 @@
+//! Who runs a queue's parsed requests: the [`Scheduler`] a [`QueueService`] starts jobs on.
+//!
+//! Two exist: [`Inline`] runs them on the serving thread's own engine (the `vcpu`,
+//! `iothread` and `dataplane` modes), [`PoolLink`](crate::pool::PoolLink) hands them to a
+//! pool of worker threads (the `workers` mode). Both finish a job the same way (the
+//! [`InFlightTable`] writes its status), so the queue service sees finished jobs only.
+//!
+//! [`QueueService`]: crate::service::QueueService
+
+use std::os::unix::io::RawFd;
+
+use backend_raw::Engine;
+use vm_memory::GuestMemoryMmap;
+
+use crate::inflight::InFlightTable;
+use crate::request::IoJob;
+use crate::trace::{QueueTrace, Stage};
+
+/// Where a queue service sends parsed requests, and where it gets them back finished.
+pub trait Scheduler: Send + std::fmt::Debug {
+    /// Whether a request of any type can be started now.
+    fn has_room(&self) -> bool;
+
+    /// Starts `job` (parsed, stamped `Parsed`). Returns the job when it finished at once
+    /// (status already written): it could not be handed on.
+    fn start(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        job: Box<IoJob>,
+        trace: &QueueTrace,
+    ) -> Option<Box<IoJob>>;
+
+    /// Pushes what `start` queued (one system call for a batch, where the engine needs one).
+    fn flush(&mut self);
+
+    /// Hands every finished job (status written) to `done`; returns how many.
+    fn reap(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        trace: &QueueTrace,
+        done: &mut dyn FnMut(Box<IoJob>),
+    ) -> usize;
+
+    /// Jobs started and not reaped.
+    fn in_flight(&self) -> usize;
+
+    /// Blocks until a finished job can be reaped (or nothing is in flight).
+    fn wait(&mut self);
+
+    /// A file descriptor that becomes readable when jobs finish, for epoll.
+    fn completion_fd(&self) -> Option<RawFd>;
+
+    /// Clears the completion fd's readiness after epoll reported it.
+    fn drain_completion_fd(&self);
+
+    /// Whether the serving thread may busy-poll now (see [`PoolLink`](crate::pool::PoolLink)).
+    fn may_poll(&self) -> bool {
+        true
+    }
+
+    /// The serving thread is about to sleep in epoll; `true` if finished jobs already wait
+    /// (then it must not sleep).
+    fn prepare_sleep(&self) -> bool {
+        false
+    }
+
+    /// The serving thread is awake again.
+    fn woke(&self) {}
+}
+
+/// Requests run on the serving thread's own engine.
+#[derive(Debug)]
+pub struct Inline {
+    table: InFlightTable,
+}
+
+impl Inline {
+    /// A scheduler over `engine` (built with [`engine_depth`](crate::inflight::engine_depth)
+    /// for the queue's size).
+    pub fn new(engine: Box<dyn Engine>) -> Self {
+        Inline {
+            table: InFlightTable::new(engine),
+        }
+    }
+}
+
+impl Scheduler for Inline {
+    fn has_room(&self) -> bool {
+        self.table.has_room()
+    }
+
+    fn start(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        job: Box<IoJob>,
+        trace: &QueueTrace,
+    ) -> Option<Box<IoJob>> {
+        self.table.start(mem, job, trace)
+    }
+
+    fn flush(&mut self) {
+        self.table.flush();
+    }
+
+    fn reap(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        trace: &QueueTrace,
+        done: &mut dyn FnMut(Box<IoJob>),
+    ) -> usize {
+        let before = self.table.live();
+        self.table.reap(
+            mem,
+            |job| trace.stamp(Stage::BackendComplete, job.head),
+            done,
+        );
+        before - self.table.live()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.table.live()
+    }
+
+    fn wait(&mut self) {
+        self.table.wait();
+    }
+
+    fn completion_fd(&self) -> Option<RawFd> {
+        self.table.completion_fd()
+    }
+
+    fn drain_completion_fd(&self) {
+        self.table.drain_completion_fd();
+    }
+}
