@@ -9,7 +9,8 @@ use guest_test_kernel::pattern::mix64;
 use guest_test_kernel::{Completion, Options};
 
 use check::Env;
-use driver::blk::{self, Blk, MAX_QUEUES};
+use driver::blk::{self, Blk};
+use driver::limits::MAX_QUEUES;
 use driver::pci::{Bdf, PortCam, Show};
 use driver::virtio_pci::{VirtioPci, VIRTIO_BLK_MODERN, VIRTIO_BLK_TRANSITIONAL, VIRTIO_VENDOR};
 use driver::{dma, trace};

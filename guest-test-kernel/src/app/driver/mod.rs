@@ -4,6 +4,7 @@
 
 pub mod blk;
 pub mod dma;
+pub mod limits;
 pub mod memory;
 pub mod mmio;
 pub mod pci;

@@ -23,8 +23,9 @@ use virtqueue_core::{GuestMemory, RingAddresses, RingLayout};
 
 use crate::app::check::report::{fail, Tally, Why};
 use crate::app::check::Env;
-use crate::app::driver::blk::{Blk, Request, MAX_QUEUES};
+use crate::app::driver::blk::{Blk, Request};
 use crate::app::driver::dma;
+use crate::app::driver::limits::MAX_QUEUES;
 use crate::app::driver::memory::IdentityMemory;
 use crate::app::driver::mmio;
 use crate::app::driver::pci::{Bdf, PortCam};
