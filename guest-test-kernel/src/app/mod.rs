@@ -1,29 +1,20 @@
 //! The test application, run in ring 3: find the virtio-blk disk, run the self-tests, run
 //! the benchmark.
 
-mod bench;
-mod blk;
-mod dma;
-mod durability;
-mod failing;
-mod foreign;
-mod hostile;
-mod memory;
-mod mmio;
-mod pci;
-mod pipeline;
-mod report;
-mod soak;
-mod tests;
-mod trace;
-mod virtio_pci;
+mod check;
+mod driver;
+mod suites;
 
 use guest_test_kernel::pattern::mix64;
 use guest_test_kernel::{Completion, Options};
 
-use blk::{Blk, MAX_QUEUES};
-use pci::{Bdf, PortCam, Show};
-use virtio_pci::{VirtioPci, VIRTIO_BLK_MODERN, VIRTIO_BLK_TRANSITIONAL, VIRTIO_VENDOR};
+use check::Env;
+use driver::blk::{self, Blk};
+use driver::limits::MAX_QUEUES;
+use driver::pci::{Bdf, PortCam, Show};
+use driver::virtio_pci::{VirtioPci, VIRTIO_BLK_MODERN, VIRTIO_BLK_TRANSITIONAL, VIRTIO_VENDOR};
+use driver::{dma, trace};
+use suites::{bench, durability, failing, hostile, soak, tests};
 
 /// Runs the tests and the benchmark the command line asks for; returns the exit code: 0 if
 /// every test passed and the benchmark (if asked for) ran, 1 otherwise.
@@ -68,7 +59,7 @@ pub fn run(info: &crate::BootInfo) -> u32 {
         }
     };
 
-    let env = tests::Env {
+    let env = Env {
         cam,
         bdf,
         ram_end: info.free_mem_end,

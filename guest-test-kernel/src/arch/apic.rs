@@ -17,6 +17,10 @@ const REG_ICR_LOW: u64 = 0x300;
 const REG_ICR_HIGH: u64 = 0x310;
 const REG_LVT_LINT0: u64 = 0x350;
 
+/// TPR value that blocks all maskable interrupts (priority class 15): what `init` starts
+/// with and `irq::disable` goes back to.
+pub(crate) const TPR_BLOCK_ALL: u32 = 0xF0;
+
 /// SVR: APIC software enable.
 const SVR_ENABLE: u32 = 1 << 8;
 /// LVT mask bit.
@@ -54,7 +58,7 @@ pub fn init() {
     super::pio::outb(0x21, 0xFF);
     super::pio::outb(0xA1, 0xFF);
     write(REG_LVT_LINT0, LVT_MASKED);
-    write(REG_TPR, super::irq::TPR_BLOCK_ALL);
+    write(REG_TPR, TPR_BLOCK_ALL);
     write(
         REG_SVR,
         read(REG_SVR) | SVR_ENABLE | u32::from(SPURIOUS_VECTOR),

@@ -9,11 +9,8 @@
 
 use core::sync::atomic::Ordering;
 
-use super::apic;
+use super::apic::{self, TPR_BLOCK_ALL};
 use super::idt::IRQ_COUNTS;
-
-/// TPR value that blocks all maskable interrupts (priority class 15).
-pub(crate) const TPR_BLOCK_ALL: u32 = 0xF0;
 
 /// Lets interrupts through: they go to the ring-0 stubs, which count and EOI them.
 #[inline]

@@ -13,10 +13,10 @@ use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
 use blk_proto::features::VIRTIO_BLK_F_RO;
 use pci_transport::driver::ConfigAccess;
 
-use super::blk::{Blk, Request};
-use super::dma;
-use super::pci::{Bdf, PortCam};
-use super::report::{fail, Why};
+use crate::app::check::report::{fail, Why};
+use crate::app::driver::blk::{Blk, Request};
+use crate::app::driver::dma;
+use crate::app::driver::pci::{Bdf, PortCam};
 
 /// Sectors moved in each direction.
 const SECTORS: usize = 64;

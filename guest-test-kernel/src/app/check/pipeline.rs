@@ -6,9 +6,9 @@
 use blk_proto::{RequestType, VIRTIO_BLK_S_OK};
 use guest_test_kernel::pattern::{self, Rng, SECTOR_SIZE};
 
-use super::blk::{Blk, Done, Request, MAX_SEGS};
-use super::dma;
 use super::report::{fail, Why};
+use crate::app::driver::blk::{Blk, Done, Request, MAX_SEGS};
+use crate::app::driver::dma;
 
 /// A run of sectors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,28 +9,14 @@ use blk_proto::{
     VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
 };
 use guest_test_kernel::pattern::{self, mix64, SECTOR_SIZE};
-use guest_test_kernel::Options;
 
-use super::blk::{Blk, Request};
-use super::dma;
-use super::foreign;
-use super::pci::{Bdf, PortCam};
-use super::pipeline::{self, Extent, Op, Pass, Split};
-use super::report::{fail, Tally, Why};
+use crate::app::check::pipeline::{self, Extent, Op, Pass, Split};
+use crate::app::check::report::{fail, Tally, Why};
+use crate::app::check::Env;
+use crate::app::driver::blk::{Blk, Request};
+use crate::app::driver::dma;
 
-/// What the tests need besides the driver.
-pub struct Env<'a> {
-    /// Configuration access.
-    pub cam: PortCam,
-    /// The disk's PCI function.
-    pub bdf: Bdf,
-    /// End of RAM (for the ring memory accessor).
-    pub ram_end: u64,
-    /// The command line.
-    pub opts: &'a Options<'a>,
-    /// Seed of this run's patterns.
-    pub seed: u64,
-}
+mod foreign;
 
 type TestFn = fn(&mut Blk, &Env<'_>) -> Result<(), Why>;
 

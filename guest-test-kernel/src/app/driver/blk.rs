@@ -16,17 +16,14 @@ use virtqueue_core::{DriverError, DriverQueue, GuestMemory, RingLayout};
 use zerocopy::FromBytes;
 
 use super::dma;
+use super::limits::{MAX_QUEUES, QUEUE_SIZE_LIMIT};
 use super::memory::IdentityMemory;
 use super::pci::{Bdf, PortCam, Show};
 use super::virtio_pci::{status, TransportError, VirtioPci, VIRTIO_MSI_NO_VECTOR};
 use crate::arch::tsc::rdtsc;
 
-/// Most request queues driven.
-pub const MAX_QUEUES: usize = 4;
 /// Most data segments in one request we build.
 pub const MAX_SEGS: usize = 64;
-/// Largest queue size we ask for.
-const QUEUE_SIZE_LIMIT: u16 = 256;
 /// First interrupt vector; queue `q` uses `VECTOR_BASE + q`.
 pub const VECTOR_BASE: u8 = 0x40;
 /// Bytes of driver memory per request slot for its indirect table.

@@ -17,10 +17,10 @@ use blk_proto::features::{
 use blk_proto::{DiscardWriteZeroes, RequestType, VIRTIO_BLK_S_OK};
 use guest_test_kernel::pattern::{self, mix64, Rng, SECTOR_SIZE};
 
-use super::blk::{Blk, Done, Request, MAX_SEGS};
-use super::dma;
-use super::pipeline::cut;
-use super::report::{fail, Why};
+use crate::app::check::pipeline::cut;
+use crate::app::check::report::{fail, Why};
+use crate::app::driver::blk::{Blk, Done, Request, MAX_SEGS};
+use crate::app::driver::dma;
 use crate::arch::tsc::{hz, rdtsc};
 
 /// Requests in flight (spread over the queues).

@@ -11,8 +11,8 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use guest_test_kernel::OptionsError;
 
-use super::blk::MAX_QUEUES;
 use super::dma;
+use super::limits::{MAX_QUEUES, QUEUE_SIZE_LIMIT};
 use crate::arch::tsc::rdtsc;
 
 /// Guest physical address of the mailbox (free low memory in our VMM's map).
@@ -25,8 +25,8 @@ const ENTRY_SIZE: u64 = 32;
 const MAX_ENTRIES: u64 = 1 << 18;
 /// The log takes at most this fraction (1/n) of the free memory.
 const MEMORY_SHARE: u64 = 4;
-/// Head indexes tracked per queue (the driver's queue size limit).
-const HEADS: usize = 256;
+/// Head indexes tracked per queue: a head is below the queue size.
+const HEADS: usize = QUEUE_SIZE_LIMIT as usize;
 const FLAG_KICKED: u32 = 1 << 0;
 const FLAG_COMPLETED: u32 = 1 << 1;
 const NO_ENTRY: u32 = u32::MAX;

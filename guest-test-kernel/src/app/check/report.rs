@@ -65,7 +65,7 @@ where
 /// Returns early from a test with a formatted reason.
 macro_rules! fail {
     ($($arg:tt)*) => {
-        return Err($crate::app::report::Why::new(format_args!($($arg)*)))
+        return Err($crate::app::check::report::Why::new(format_args!($($arg)*)))
     };
 }
 pub(crate) use fail;

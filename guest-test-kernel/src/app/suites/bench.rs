@@ -6,10 +6,10 @@ use blk_proto::{RequestType, VIRTIO_BLK_S_OK};
 use guest_test_kernel::pattern::{self, Rng, SECTOR_SIZE};
 use guest_test_kernel::{Histogram, Options, Workload};
 
-use super::blk::{Blk, Done, Request, MAX_SEGS};
-use super::dma;
-use super::pipeline::cut;
-use super::report::{fail, Why};
+use crate::app::check::pipeline::cut;
+use crate::app::check::report::{fail, Why};
+use crate::app::driver::blk::{Blk, Done, Request, MAX_SEGS};
+use crate::app::driver::dma;
 use crate::arch::tsc::rdtsc;
 
 const MAX_SLOTS: usize = 256;

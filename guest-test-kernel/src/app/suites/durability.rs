@@ -19,9 +19,9 @@
 use blk_proto::{RequestType, VIRTIO_BLK_S_OK};
 use guest_test_kernel::pattern::{self, mix64, Rng, SECTOR_SIZE};
 
-use super::blk::{Blk, Done, Request};
-use super::dma;
-use super::report::{fail, Why};
+use crate::app::check::report::{fail, Why};
+use crate::app::driver::blk::{Blk, Done, Request};
+use crate::app::driver::dma;
 
 /// Sectors per written block (4 KiB).
 pub const BLOCK_SECTORS: u64 = 8;

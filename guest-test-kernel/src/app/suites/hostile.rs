@@ -21,13 +21,14 @@ use pci_transport::virtio_pci::device_status as st;
 use pci_transport::virtio_pci::VIRTIO_MSI_NO_VECTOR;
 use virtqueue_core::{GuestMemory, RingAddresses, RingLayout};
 
-use super::blk::{Blk, Request, MAX_QUEUES};
-use super::dma;
-use super::memory::IdentityMemory;
-use super::mmio;
-use super::pci::{Bdf, PortCam};
-use super::report::{fail, Tally, Why};
-use super::tests::Env;
+use crate::app::check::report::{fail, Tally, Why};
+use crate::app::check::Env;
+use crate::app::driver::blk::{Blk, Request};
+use crate::app::driver::dma;
+use crate::app::driver::limits::MAX_QUEUES;
+use crate::app::driver::memory::IdentityMemory;
+use crate::app::driver::mmio;
+use crate::app::driver::pci::{Bdf, PortCam};
 use crate::arch::tsc::{hz, rdtsc};
 
 const QSIZE: u16 = 16;

@@ -23,9 +23,9 @@ use blk_proto::{RequestType, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
 use guest_test_kernel::pattern::{self, mix64, Rng, SECTOR_SIZE};
 use guest_test_kernel::Options;
 
-use super::blk::{Blk, Done, Request};
-use super::dma;
-use super::report::{fail, Why};
+use crate::app::check::report::{fail, Why};
+use crate::app::driver::blk::{Blk, Done, Request};
+use crate::app::driver::dma;
 use crate::arch::tsc::{hz, rdtsc};
 
 /// Sectors per block (4 KiB): every request reads or writes one whole block.
