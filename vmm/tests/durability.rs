@@ -33,7 +33,7 @@ const GEN_SLACK: u64 = 2048;
 /// The VMM's io modes, one per repetition in turn.
 const IO_MODES: [&str; 4] = ["dataplane", "iothread", "workers", "vcpu"];
 
-/// The guest's `gen_seed` (guest-test-kernel/src/app/durability.rs).
+/// The guest's `gen_seed` (guest-test-kernel/src/app/suites/durability.rs).
 fn gen_seed(seed: u64, gen: u64) -> u64 {
     mix64(seed ^ gen)
 }

@@ -1,7 +1,7 @@
 //! A failing disk: backend errors reach the guest as `VIRTIO_BLK_S_IOERR` while the VMM keeps
 //! serving (VIRTIO 1.x, 5.2.6 "Device Operation").
 //!
-//! The guest's `tests=failing` mode (guest-test-kernel/src/app/failing.rs) writes and reads
+//! The guest's `tests=failing` mode (guest-test-kernel/src/app/suites/failing.rs) writes and reads
 //! every 4 KiB block of the disk, checks each status against the failing range it is told
 //! about and every OK read against what it last wrote OK, and prints
 //! `FAILING ok=.. ioerr=.. mismatches=.. unexpected=.. reads_ok=.. ...`. Here the host makes
