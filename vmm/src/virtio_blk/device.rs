@@ -25,7 +25,7 @@ use pci_transport::{
 use virtqueue_core::Queue;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{DeviceContext, DeviceError};
+use super::context::{DeviceContext, DeviceError};
 use crate::interrupts::{MsixVectors, NO_VECTOR};
 use crate::pci_device::{BarInfo, PciDevice};
 

@@ -1,0 +1,158 @@
+//! What a virtio-blk PCI device needs from the VM (its context) and how creating one fails.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use blk_device::event_loop::{EventLoop, LoopOptions};
+use blk_device::mode::{IoMode, ServeOptions};
+use blk_device::threads::{ThreadHook, ThreadRole};
+
+use crate::interrupts::{InterruptError, MsiRouter};
+use crate::metrics::DeviceMetrics;
+use crate::seccomp::{apply_thread, ThreadKind};
+use crate::trace::Tracer;
+
+/// What a virtio-blk device needs from the VM it is plugged into.
+#[derive(Debug, Clone)]
+pub struct DeviceContext {
+    /// The VM, for ioeventfd registration.
+    pub vm: Arc<kvm_ioctls::VmFd>,
+    /// Guest RAM (cheap to clone: the regions are reference-counted).
+    pub mem: vm_memory::GuestMemoryMmap,
+    /// The VM's MSI routing table.
+    pub msi: Arc<MsiRouter>,
+    /// Guest physical address the platform assigned to BAR0.
+    pub bar0_addr: u64,
+    /// Who serves the queues.
+    pub io_mode: IoMode,
+    /// Busy-poll budget of a serving thread before it sleeps, in microseconds (0: never poll).
+    pub poll_us: u32,
+    /// Worker threads of the device's pool (`IoMode::Workers`).
+    pub workers: usize,
+    /// The event loop shared by every disk (modes whose row says `shared_loop`).
+    pub iothread: Option<Arc<EventLoop>>,
+    /// The VM's tracer, when `--trace` is given.
+    pub tracer: Option<Arc<Tracer>>,
+    /// The device's index for the tracer (its `--disk` position).
+    pub device_index: usize,
+    /// The device's counters.
+    pub metrics: Arc<DeviceMetrics>,
+}
+
+impl DeviceContext {
+    /// A context with the defaults for everything but the VM and the mode: the default
+    /// polling window and pool size, no shared I/O thread, no tracing, fresh metrics.
+    pub fn new(
+        vm: Arc<kvm_ioctls::VmFd>,
+        mem: vm_memory::GuestMemoryMmap,
+        msi: Arc<MsiRouter>,
+        bar0_addr: u64,
+        io_mode: IoMode,
+    ) -> Self {
+        let defaults = ServeOptions::new(io_mode);
+        DeviceContext {
+            vm,
+            mem,
+            msi,
+            bar0_addr,
+            io_mode,
+            poll_us: defaults.poll_us,
+            workers: defaults.workers,
+            iothread: None,
+            tracer: None,
+            device_index: 0,
+            metrics: Arc::new(DeviceMetrics::new("virtio-blk")),
+        }
+    }
+
+    /// How the device model serves this device's `queues` queues.
+    fn serve_options(&self, queues: u16) -> ServeOptions {
+        ServeOptions {
+            mode: self.io_mode,
+            poll_us: self.poll_us,
+            workers: self.workers,
+            shared_loop: self.iothread.clone(),
+            traces: (0..queues)
+                .map(|q| {
+                    self.tracer
+                        .as_ref()
+                        .map_or_else(Default::default, |t| t.queue(self.device_index, q))
+                })
+                .collect(),
+            hook: seccomp_hook(),
+            thread_name: "vblk".into(),
+        }
+    }
+}
+
+/// Confines every thread the device model starts to its seccomp allowlist.
+fn seccomp_hook() -> ThreadHook {
+    ThreadHook::new(|role| {
+        apply_thread(match role {
+            ThreadRole::Queue => ThreadKind::Device,
+            ThreadRole::Worker => ThreadKind::Worker,
+        })
+    })
+}
+
+/// The VM's one shared event loop (`IoMode::Iothread`): serves every disk's queues under
+/// `vm_lock`, never polling.
+pub fn shared_loop(vm_lock: Arc<Mutex<()>>) -> io::Result<EventLoop> {
+    EventLoop::start(LoopOptions {
+        name: "iothread".into(),
+        poll_us: 0,
+        lock: Some(vm_lock),
+        hook: seccomp_hook(),
+    })
+}
+
+/// Errors of creating a virtio-blk PCI device.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The device model refused the disk (it names the fix).
+    #[error(transparent)]
+    Model(#[from] blk_device::error::DeviceError),
+    /// The PCI transport rejected the device layout.
+    #[error("disk {}: virtio-pci transport: {reason}", path.display())]
+    Transport {
+        /// The `--disk` path.
+        path: PathBuf,
+        /// The transport's error.
+        reason: String,
+    },
+    /// MSI routing or an irqfd failed.
+    #[error("disk {}: {source}", path.display())]
+    Interrupt {
+        /// The `--disk` path.
+        path: PathBuf,
+        /// The routing error.
+        source: InterruptError,
+    },
+    /// An eventfd could not be created.
+    #[error("disk {}: cannot create an eventfd: {source}; raise the open-files limit (ulimit -n)", path.display())]
+    Fd {
+        /// The `--disk` path.
+        path: PathBuf,
+        /// The system's error.
+        source: io::Error,
+    },
+    /// The disk needs more queues or vectors than the transport has.
+    #[error("disk {}: {reason}", path.display())]
+    Config {
+        /// The `--disk` path.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// `KVM_IOEVENTFD` failed.
+    #[error("disk {}: cannot register the notify ioeventfd at {addr:#x}: {source}; is BAR0 inside the MMIO hole and unique?", path.display())]
+    Ioeventfd {
+        /// The `--disk` path.
+        path: PathBuf,
+        /// Guest physical address of the queue notify register.
+        addr: u64,
+        /// The kernel's error.
+        source: io::Error,
+    },
+}
