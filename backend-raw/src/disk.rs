@@ -7,7 +7,9 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use crate::engine_sync::{Executor, SyncEngine};
+use crate::blocking::BlockingIo;
+use crate::disk_info::{DioAlignment, DiskInfo, EngineFiles};
+use crate::engine_sync::SyncEngine;
 use crate::engine_uring::UringEngine;
 use crate::{with_faults, Engine, EngineKind, Error, FaultSpec, MAX_DEPTH};
 
@@ -29,35 +31,6 @@ pub struct DiskOptions {
     /// Open with `O_DIRECT`, bypassing the host page cache. Requests whose memory is not
     /// aligned as the kernel requires go through a bounce buffer (see [`DioAlignment`]).
     pub direct: bool,
-}
-
-/// What `O_DIRECT` requires of a request, from `statx(STATX_DIOALIGN)`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct DioAlignment {
-    /// Alignment of each buffer address, in bytes.
-    pub memory: u32,
-    /// Alignment of the file offset and of each buffer length, in bytes.
-    pub offset: u32,
-}
-
-/// Everything an engine needs to know about the disk; copied into each engine.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct DiskInfo {
-    pub capacity: u64,
-    pub logical_block_size: u32,
-    pub block_device: bool,
-    pub readonly: bool,
-    /// `Some` when the disk is open with `O_DIRECT`.
-    pub dio: Option<DioAlignment>,
-    pub discard: bool,
-}
-
-/// The file descriptors one engine owns.
-pub(crate) struct EngineFiles {
-    /// Used for every request the kernel can take as is (`O_DIRECT` when direct=on).
-    pub file: File,
-    /// Without `O_DIRECT`, for requests whose offset or length `O_DIRECT` refuses.
-    pub buffered: Option<File>,
 }
 
 /// An open raw image file or host block device.
@@ -177,10 +150,10 @@ impl Disk {
                 max: MAX_DEPTH,
             });
         }
-        let executor = self.executor()?;
+        let io = self.blocking_io()?;
         Ok(match kind {
-            EngineKind::Sync => Box::new(SyncEngine::new(executor, depth)),
-            EngineKind::IoUring => Box::new(UringEngine::new(executor, depth)?),
+            EngineKind::Sync => Box::new(SyncEngine::new(io, depth)),
+            EngineKind::IoUring => Box::new(UringEngine::new(io, depth)?),
         })
     }
 
@@ -211,9 +184,9 @@ impl Disk {
         Ok((with_faults(engine, faults), fallback))
     }
 
-    /// A blocking executor with its own descriptors, the core of every engine.
-    pub(crate) fn executor(&self) -> Result<Executor, Error> {
-        Ok(Executor::new(self.engine_files()?, self.info))
+    /// Blocking request execution on descriptors of its own, the core of every engine.
+    pub(crate) fn blocking_io(&self) -> Result<BlockingIo, Error> {
+        Ok(BlockingIo::new(self.engine_files()?, self.info))
     }
 
     fn engine_files(&self) -> Result<EngineFiles, Error> {

@@ -8,7 +8,7 @@
 //! requests are in flight, so neither queue can overflow. Requests the kernel cannot take
 //! directly (unaligned `O_DIRECT` offsets, block-device discards, zero-length requests)
 //! and requests the kernel finished short or refused as unsupported run on the shared
-//! [`Executor`]; their completions are queued locally and the eventfd is signalled.
+//! [`BlockingIo`]; their completions are queued locally and the eventfd is signalled.
 
 use std::collections::VecDeque;
 use std::io;
@@ -16,8 +16,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use io_uring::{opcode, squeue, types, IoUring};
 
+use crate::blocking::{BlockingIo, Route};
 use crate::bounce::{self, AlignedBuf};
-use crate::engine_sync::{Executor, Route};
 use crate::{Completion, Engine, EngineKind, Error, IoOp};
 
 /// Index of the disk's descriptor in the ring's registered file table.
@@ -42,10 +42,10 @@ struct Slot {
 /// The io_uring engine.
 pub(crate) struct UringEngine {
     ring: IoUring,
-    exec: Executor,
+    blocking: BlockingIo,
     slots: Box<[Slot]>,
     free: Vec<u32>,
-    /// Completions of requests that ran on the executor.
+    /// Completions of requests that ran on `blocking`.
     ready: VecDeque<Completion>,
     /// Submitted and not yet reaped, wherever they ran.
     in_flight: usize,
@@ -55,19 +55,19 @@ pub(crate) struct UringEngine {
     eventfd: OwnedFd,
 }
 
-// SAFETY: the raw pointers in the slots and the executor describe memory the caller of
+// SAFETY: the raw pointers in the slots and in `blocking` describe memory the caller of
 // `submit` keeps valid until the completion is reaped, from whichever thread owns the
 // engine; the engine never shares them with another thread.
 unsafe impl Send for UringEngine {}
 
 impl UringEngine {
-    pub(crate) fn new(exec: Executor, depth: usize) -> Result<UringEngine, Error> {
+    pub(crate) fn new(blocking: BlockingIo, depth: usize) -> Result<UringEngine, Error> {
         let setup = |source| Error::UringSetup { source };
         let entries = u32::try_from(depth.next_power_of_two())
             .map_err(|_| setup(io::Error::from_raw_os_error(libc::EINVAL)))?;
         let ring = IoUring::builder().build(entries).map_err(setup)?;
         ring.submitter()
-            .register_files(&[exec.fd()])
+            .register_files(&[blocking.fd()])
             .map_err(setup)?;
         // SAFETY: eventfd takes no pointers.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -81,7 +81,7 @@ impl UringEngine {
         ring.submitter()
             .register_eventfd(eventfd.as_raw_fd())
             .map_err(setup)?;
-        let align = exec.bounce_align();
+        let align = blocking.bounce_align();
         let slots = (0..depth)
             .map(|_| Slot {
                 user_data: 0,
@@ -99,7 +99,7 @@ impl UringEngine {
             .collect();
         Ok(UringEngine {
             ring,
-            exec,
+            blocking,
             slots,
             free: (0..depth as u32).rev().collect(),
             ready: VecDeque::with_capacity(depth),
@@ -133,7 +133,7 @@ impl UringEngine {
         bounced: bool,
         user_data: u64,
     ) -> Result<squeue::Entry, i32> {
-        let mode = self.exec.fallocate_mode(op).unwrap_or(0);
+        let mode = self.blocking.fallocate_mode(op).unwrap_or(0);
         let slot = self.slots.get_mut(index as usize).ok_or(libc::EIO)?;
         slot.user_data = user_data;
         slot.op = op;
@@ -189,7 +189,7 @@ impl UringEngine {
                 continue;
             };
             // SAFETY: the slot's request has not been reaped yet, so its memory is valid.
-            let result = unsafe { finish(slot, &mut self.exec, cqe.result()) };
+            let result = unsafe { finish(slot, &mut self.blocking, cqe.result()) };
             self.ready.push_back(Completion {
                 user_data: slot.user_data,
                 result,
@@ -200,7 +200,7 @@ impl UringEngine {
     }
 
     /// Lets every request in the kernel finish (their completions wait in `ready`) before a
-    /// request runs on the executor: a transfer through the buffered descriptor racing with
+    /// request runs on `blocking`: a transfer through the buffered descriptor racing with
     /// `O_DIRECT` I/O on the same page could leave stale data in the page cache. Only the
     /// rare paths pay this (see [`Route::Local`]). Returns the errno if waiting failed.
     fn settle(&mut self) -> Result<(), i32> {
@@ -230,13 +230,13 @@ impl UringEngine {
     }
 }
 
-/// Turns a CQE's result into the request's completion, finishing the request on the
-/// executor where the kernel could not.
+/// Turns a CQE's result into the request's completion, finishing the request with
+/// blocking calls where the kernel could not.
 ///
 /// # Safety
 ///
 /// The slot's iovecs must still be valid (their request has not been reaped yet).
-unsafe fn finish(slot: &mut Slot, exec: &mut Executor, res: i32) -> Result<u32, i32> {
+unsafe fn finish(slot: &mut Slot, blocking: &mut BlockingIo, res: i32) -> Result<u32, i32> {
     match slot.op {
         IoOp::Read { .. } | IoOp::Write { .. } if res >= 0 && res as u64 == slot.len => {
             if slot.bounced && matches!(slot.op, IoOp::Read { .. }) {
@@ -249,15 +249,15 @@ unsafe fn finish(slot: &mut Slot, exec: &mut Executor, res: i32) -> Result<u32, 
         // A short transfer (end of file, or a partial one): redo it whole, with loops.
         // SAFETY: the iovecs are valid until reaped (caller of `submit`).
         IoOp::Read { .. } | IoOp::Write { .. } if res >= 0 => unsafe {
-            exec.execute(slot.op, &slot.iovecs)
+            blocking.execute(slot.op, &slot.iovecs)
         },
         IoOp::Discard { .. } if res == -libc::EOPNOTSUPP => Ok(0),
         IoOp::WriteZeroes { .. } if res == -libc::EOPNOTSUPP || res == -libc::EINVAL => {
             if res == -libc::EOPNOTSUPP {
-                exec.mark_unsupported(slot.mode);
+                blocking.mark_unsupported(slot.mode);
             }
             // SAFETY: write-zeroes uses no caller memory.
-            unsafe { exec.execute(slot.op, &[]) }
+            unsafe { blocking.execute(slot.op, &[]) }
         }
         _ if res < 0 => Err(-res),
         _ => Ok(0),
@@ -276,20 +276,20 @@ impl Engine for UringEngine {
                 capacity: self.depth,
             });
         }
-        let len = match self.exec.validate(op, iovecs) {
+        let len = match self.blocking.validate(op, iovecs) {
             Ok(len) => len,
             Err(e) => {
                 self.complete_local(user_data, Err(e));
                 return Ok(());
             }
         };
-        let bounced = match self.exec.route(op, iovecs, len) {
+        let bounced = match self.blocking.route(op, iovecs, len) {
             Route::Kernel { bounce } => bounce,
             Route::Local => {
                 let settled = if len > 0 { self.settle() } else { Ok(()) };
                 let result = match settled {
                     // SAFETY: forwarded from the caller; the request ends during the call.
-                    Ok(()) => unsafe { self.exec.execute(op, iovecs) },
+                    Ok(()) => unsafe { self.blocking.execute(op, iovecs) },
                     Err(e) => Err(e),
                 };
                 self.complete_local(user_data, result);

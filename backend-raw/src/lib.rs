@@ -32,8 +32,10 @@
 //! ```
 #![deny(missing_docs)]
 
+mod blocking;
 mod bounce;
 mod disk;
+mod disk_info;
 mod engine;
 mod engine_fault;
 mod engine_sync;
@@ -41,7 +43,8 @@ mod engine_uring;
 mod error;
 mod fault_spec;
 
-pub use disk::{DioAlignment, Disk, DiskOptions};
+pub use disk::{Disk, DiskOptions};
+pub use disk_info::DioAlignment;
 pub use engine::{
     Completion, Engine, EngineKind, IoOp, ParseEngineKindError, MAX_DEPTH, MAX_IOVECS,
 };

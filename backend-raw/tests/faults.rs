@@ -670,10 +670,8 @@ fn epoll_on_completion_fd_sees_injected_completions() {
         u64: 1,
     };
     // SAFETY: `ev` is a valid epoll_event for the call.
-    assert_eq!(
-        unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) },
-        0
-    );
+    let ret = unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+    assert_eq!(ret, 0, "epoll_ctl: {}", std::io::Error::last_os_error());
     let wait = |timeout_ms: i32| {
         let mut out = [libc::epoll_event { events: 0, u64: 0 }; 4];
         // SAFETY: `out` holds 4 events.

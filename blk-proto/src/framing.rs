@@ -7,7 +7,7 @@
 use virtqueue_core::{Descriptor, GuestMemory, MemoryError};
 
 use crate::error::{ParseError, ParseErrorKind};
-use crate::request::DataSegment;
+use crate::segment::DataSegment;
 
 /// A chain checked for framing: readable part, writable part, status byte.
 pub(crate) struct Framing<'a> {

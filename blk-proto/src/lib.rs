@@ -1,7 +1,7 @@
 //! The virtio-blk protocol (VIRTIO 1.x, 5.2 "Block Device"), `no_std`, no allocation.
 //!
 //! - [`header`]: `struct virtio_blk_outhdr`; [`request_type`]: `VIRTIO_BLK_T_*`;
-//!   [`status`]: `VIRTIO_BLK_S_*`; [`segment`]: discard / write-zeroes ranges;
+//!   [`status`]: `VIRTIO_BLK_S_*`; [`segment`]: data buffers and discard / write-zeroes ranges;
 //!   [`id`]: the GET_ID string.
 //! - [`config`]: `struct virtio_blk_config`; [`features`]: feature bits and the ack check.
 //! - [`request`]: [`parse_request`], the device side, turning a descriptor chain into a
@@ -66,7 +66,10 @@ pub use features::{validate_ack, FeatureError, Features};
 pub use header::{OutHdr, SECTOR_SIZE, VIRTIO_BLK_OUTHDR_SIZE};
 pub use id::{check_id_response, encode_id, IdError, VIRTIO_BLK_ID_BYTES};
 pub use limits::DeviceLimits;
-pub use request::{parse_request, DataSegment, Request, MAX_DISCARD_SEGMENTS, MAX_SEGMENTS};
+pub use request::{parse_request, Request};
 pub use request_type::RequestType;
-pub use segment::{DiscardRange, DiscardWriteZeroes, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP};
+pub use segment::{
+    DataSegment, DiscardRange, DiscardWriteZeroes, MAX_DISCARD_SEGMENTS, MAX_SEGMENTS,
+    VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+};
 pub use status::{Status, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};

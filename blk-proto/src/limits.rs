@@ -5,8 +5,8 @@ use crate::features::{
     Features, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
     VIRTIO_BLK_F_WRITE_ZEROES,
 };
-use crate::request::{MAX_DISCARD_SEGMENTS, MAX_SEGMENTS};
 use crate::request_type::RequestType;
+use crate::segment::{MAX_DISCARD_SEGMENTS, MAX_SEGMENTS};
 
 /// The device's side of a request's validity, fixed at feature negotiation (and when the
 /// capacity changes).

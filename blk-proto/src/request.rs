@@ -42,22 +42,8 @@ use crate::segment::{
 };
 use crate::status::Status;
 
-/// Most data buffers a [`Request`] holds; `seg_max` above this acts as this.
-pub const MAX_SEGMENTS: usize = 256;
-
-/// Most discard / write-zeroes ranges a [`Request`] holds. Linux asks for at most
-/// `max_discard_seg` and defaults to 1; 16 keeps [`Request`] small while letting a driver
-/// batch. Offer `max_discard_seg` / `max_write_zeroes_seg` no larger than this.
-pub const MAX_DISCARD_SEGMENTS: usize = 16;
-
-/// One guest buffer of a request's data.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DataSegment {
-    /// Guest physical address.
-    pub addr: u64,
-    /// Length in bytes (never 0 in a parsed request).
-    pub len: u32,
-}
+// Defined beside the discard ranges (framing and limits need them too); kept reachable here.
+pub use crate::segment::{DataSegment, MAX_DISCARD_SEGMENTS, MAX_SEGMENTS};
 
 /// A validated request, independent of the descriptor slice it came from; no allocation.
 #[derive(Debug, Clone, PartialEq, Eq)]

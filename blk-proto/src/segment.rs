@@ -1,8 +1,26 @@
-//! Discard and write-zeroes ranges, `struct virtio_blk_discard_write_zeroes`
+//! The pieces a request's payload is made of, and how many a request holds: data buffers
+//! ([`DataSegment`]) and discard / write-zeroes ranges, `struct virtio_blk_discard_write_zeroes`
 //! (VIRTIO 1.x, 5.2.6 "Device Operation").
 
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+/// Most data buffers a [`Request`](crate::Request) holds; `seg_max` above this acts as this.
+pub const MAX_SEGMENTS: usize = 256;
+
+/// Most discard / write-zeroes ranges a [`Request`](crate::Request) holds. Linux asks for at
+/// most `max_discard_seg` and defaults to 1; 16 keeps a request small while letting a driver
+/// batch. Offer `max_discard_seg` / `max_write_zeroes_seg` no larger than this.
+pub const MAX_DISCARD_SEGMENTS: usize = 16;
+
+/// One guest buffer of a request's data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DataSegment {
+    /// Guest physical address.
+    pub addr: u64,
+    /// Length in bytes (never 0 in a parsed request).
+    pub len: u32,
+}
 
 /// The `unmap` flag: on write-zeroes, the device may deallocate the range. Must be clear on discard.
 pub const VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP: u32 = 1;

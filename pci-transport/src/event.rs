@@ -5,7 +5,7 @@
 //! reprogrammed, builds its virtqueues on [`Event::DriverOk`], injects an interrupt on
 //! [`Event::MsixPendingDelivered`], and so on.
 
-use crate::msix::{MsixMessage, MAX_MSIX_VECTORS};
+use crate::msi::{MsixMessage, MAX_MSIX_VECTORS};
 
 /// One thing that happened because of a guest access.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

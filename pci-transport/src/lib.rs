@@ -71,6 +71,7 @@ pub mod config_space;
 pub mod driver;
 mod error;
 mod event;
+mod msi;
 pub mod msix;
 pub mod virtio_pci;
 
@@ -78,6 +79,7 @@ pub use bar::{Bar, BarKind};
 pub use config_space::ConfigSpace;
 pub use error::Error;
 pub use event::{Event, Events, EVENTS_CAPACITY};
-pub use msix::{MsixDelivery, MsixMessage, MsixTable, MAX_MSIX_VECTORS};
+pub use msi::{MsixMessage, MAX_MSIX_VECTORS};
+pub use msix::{MsixDelivery, MsixTable};
 pub use virtio_pci::common_cfg::{CommonConfig, QueueState, MAX_QUEUES};
 pub use virtio_pci::function::{Interrupt, VirtioPciFunction, VirtioPciParams};

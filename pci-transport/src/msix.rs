@@ -8,8 +8,8 @@
 
 use crate::{capability, Error, Event, Events};
 
-/// Most MSI-X vectors this crate stores per function (the PCI limit is 2048).
-pub const MAX_MSIX_VECTORS: usize = 64;
+// Defined apart so that `Event` can carry a message without importing this module.
+pub use crate::msi::{MsixMessage, MAX_MSIX_VECTORS};
 
 // The pending bit array is one u64.
 const _: () = assert!(MAX_MSIX_VECTORS <= 64);
@@ -35,15 +35,6 @@ pub const VECTOR_CONTROL_MASK_BIT: u32 = 1;
 
 /// Mask of the BAR indicator (BIR) in the Table/PBA offset registers.
 pub const BIR_MASK: u32 = 0x7;
-
-/// An MSI message: write `data` (32 bits) to `address`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MsixMessage {
-    /// Message address (a LAPIC address on x86).
-    pub address: u64,
-    /// Message data.
-    pub data: u32,
-}
 
 /// One MSI-X table entry, as the guest programs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -13,6 +13,7 @@ use xtask::runner::{ensure_image, qemu_binary, qemu_command, run_guest, Peer, Ru
 
 mod timeline_svg;
 mod trace;
+mod trace_summary;
 
 const DISK_SIZE: u64 = 256 << 20;
 const DISK_SERIAL: &str = "xtask-disk0";

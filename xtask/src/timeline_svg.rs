@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use crate::trace::{describe, ModeTrace, StageStat};
+use crate::trace_summary::{describe, ModeTrace, StageStat};
 
 /// Stage colours: guest in greys, the VMM's threads in warm colours, the backend in blue.
 const COLORS: [(&str, &str); 10] = [
@@ -142,7 +142,6 @@ pub fn timeline_svg(title: &str, modes: &[ModeTrace]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::StageStat;
 
     fn stage(name: &str, share: f64, mean: f64) -> StageStat {
         StageStat {

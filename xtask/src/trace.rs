@@ -3,7 +3,7 @@
 //! For each io mode the VMM runs a short traced workload (`--trace`, guest `trace=1`); the
 //! trace's summary (`otherData` of the Chrome JSON the VMM writes) gives, per stage, the mean,
 //! median and 99th percentile time and the share of the total. [`table`] prints them and
-//! [`crate::timeline_svg::timeline_svg`] draws one stacked bar per mode.
+//! [`timeline_svg`] draws one stacked bar per mode.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -16,72 +16,13 @@ use xtask::bench::{parse_guest_result, Case, CASES};
 use xtask::guest::{build_guest, build_vmm};
 use xtask::runner::{ensure_image, run_guest, Peer};
 
+use crate::timeline_svg::timeline_svg;
+use crate::trace_summary::{describe, ModeTrace, StageStat};
+
 /// The io modes, in table order.
 pub const IO_MODES: [&str; 4] = ["vcpu", "iothread", "dataplane", "workers"];
 /// Seconds of workload per mode.
 pub const SECS: u32 = 2;
-
-/// One stage's figures (a row of the table).
-#[derive(Debug, Clone, PartialEq)]
-pub struct StageStat {
-    /// The point that ends the stage (e.g. `BackendComplete`), or `total`.
-    pub stage: String,
-    /// Requests with this stage.
-    pub count: u64,
-    /// Mean, microseconds.
-    pub mean_us: f64,
-    /// Median, microseconds.
-    pub p50_us: f64,
-    /// 99th percentile, microseconds.
-    pub p99_us: f64,
-    /// Share of the total request time (0..=1).
-    pub share: f64,
-}
-
-/// One io mode's traced run.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ModeTrace {
-    /// The io mode.
-    pub mode: String,
-    /// Stages in request order.
-    pub stages: Vec<StageStat>,
-    /// The whole request.
-    pub total: Option<StageStat>,
-    /// Stages over the requests up to the 90th percentile of the total (no tail).
-    pub typical: Vec<StageStat>,
-    /// The whole request, over the same requests.
-    pub typical_total: Option<StageStat>,
-    /// Requests matched between the guest's log and the device's stamps.
-    pub matched: u64,
-    /// Stamps the device dropped (full log).
-    pub dropped: u64,
-    /// How the guest/host clocks were mapped, and how accurately (ns).
-    pub mapping: String,
-    /// The mapping's accuracy, ns (`None`: unmeasured).
-    pub accuracy_ns: Option<f64>,
-    /// The guest's own IOPS figure for the run.
-    pub iops: Option<f64>,
-    /// What the data say about the clock mapping: its error lies in this range (ns).
-    pub error_bounds_ns: Option<(f64, f64)>,
-}
-
-/// What a stage means, for the table and the figure.
-pub fn describe(stage: &str) -> &'static str {
-    match stage {
-        "GuestKick" => "guest: avail ring written -> kick",
-        "KickSeen" => "kick -> serving thread awake",
-        "Popped" => "-> chain popped",
-        "Parsed" => "-> request parsed",
-        "HandedToWorker" => "-> handed to a worker",
-        "BackendSubmit" => "-> submitted to the backend",
-        "BackendComplete" => "backend I/O (host kernel, disk)",
-        "UsedPublished" => "-> used element published",
-        "IrqInjected" => "-> interrupt injected",
-        "GuestComplete" => "-> guest sees the completion",
-        "total" => "guest submission -> completion seen",
-        _ => "",
-    }
-}
 
 fn stat(v: &Value) -> Option<StageStat> {
     Some(StageStat {
@@ -319,7 +260,7 @@ pub fn cmd(root: &Path, only: Option<&str>, workload: Option<&str>) -> Result<bo
         "virtio-blk request timeline, {} ({} s per io mode)",
         case.name, SECS
     );
-    std::fs::write(&svg, crate::timeline_svg::timeline_svg(&title, &traces))
+    std::fs::write(&svg, timeline_svg(&title, &traces))
         .map_err(|e| format!("cannot write {}: {e}", svg.display()))?;
     println!(
         "wrote {} and {}/<mode>.json (load in https://ui.perfetto.dev or chrome://tracing)",
