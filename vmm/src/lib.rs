@@ -19,10 +19,10 @@
 //! hook runs (in-flight I/O completes, images are synced), then the VMM exits.
 //!
 //! ```
-//! use vmm::config::{parse_memory, DiskConfig, EngineChoice};
+//! use vmm::config::{parse_memory, DiskConfig, EngineKind};
 //! assert_eq!(parse_memory("256M").unwrap(), 256 << 20);
 //! let d = DiskConfig::parse("path=disk.img,engine=sync,queues=2").unwrap();
-//! assert_eq!((d.engine, d.queues, d.serial.as_str()), (EngineChoice::Sync, 2, "disk"));
+//! assert_eq!((d.engine, d.queues, d.serial.as_str()), (EngineKind::Sync, 2, "disk"));
 //! ```
 
 #![deny(missing_docs)]

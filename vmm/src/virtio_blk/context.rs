@@ -67,7 +67,7 @@ impl DeviceContext {
     }
 
     /// How the device model serves this device's `queues` queues.
-    fn serve_options(&self, queues: u16) -> ServeOptions {
+    pub fn serve_options(&self, queues: u16) -> ServeOptions {
         ServeOptions {
             mode: self.io_mode,
             poll_us: self.poll_us,
