@@ -33,6 +33,8 @@ pub struct DiskConfig {
     pub serial: String,
     /// Faults to inject into this disk's I/O (`fault=`; tests of failing disks).
     pub fault: Option<FaultSpec>,
+    /// Merge adjacent reads or writes of one batch into one host I/O (`merge=on|off`).
+    pub merge: bool,
 }
 
 /// A rejected `--disk` value. The message names the problem and the fix.
@@ -42,7 +44,7 @@ pub enum DiskConfigError {
     #[error("--disk item '{0}' is not key=value: write e.g. --disk path=disk.img,readonly=on")]
     DiskSyntax(String),
     /// A `--disk` key we do not know.
-    #[error("--disk has unknown key '{0}': use path, readonly, direct, engine, queues, queue-size or serial")]
+    #[error("--disk has unknown key '{0}': use path, readonly, direct, engine, queues, queue-size, serial, fault or merge")]
     DiskUnknownKey(String),
     /// A `--disk` key given twice.
     #[error("--disk key '{0}' is given twice: keep one")]
@@ -122,6 +124,7 @@ impl DiskConfig {
             queue_size: MAX_QUEUE_SIZE,
             serial: String::new(),
             fault: None,
+            merge: true,
         };
         for item in s.split(',').filter(|i| !i.is_empty()) {
             let (key, value) = item
@@ -135,6 +138,7 @@ impl DiskConfig {
                 "path" => path = Some(PathBuf::from(value)),
                 "readonly" => cfg.readonly = parse_switch("readonly", value)?,
                 "direct" => cfg.direct = parse_switch("direct", value)?,
+                "merge" => cfg.merge = parse_switch("merge", value)?,
                 "engine" => {
                     cfg.engine = match value {
                         "sync" => EngineKind::Sync,

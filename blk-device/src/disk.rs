@@ -17,6 +17,7 @@ pub struct OpenDisk {
     engine: EngineKind,
     /// Faults injected into every engine of this disk (`fault=`).
     fault: Option<FaultSpec>,
+    merge: bool,
 }
 
 impl OpenDisk {
@@ -38,6 +39,7 @@ impl OpenDisk {
             disk,
             engine: cfg.engine,
             fault: cfg.fault.clone(),
+            merge: cfg.merge,
         })
     }
 
@@ -49,6 +51,11 @@ impl OpenDisk {
     /// The opened disk.
     pub fn disk(&self) -> &Disk {
         &self.disk
+    }
+
+    /// Whether adjacent requests of a batch are merged into one I/O.
+    pub fn merge(&self) -> bool {
+        self.merge
     }
 
     /// The engine the disk's option asked for.

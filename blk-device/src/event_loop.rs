@@ -18,13 +18,15 @@ use std::time::Instant;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::poll::AdaptivePoll;
+use crate::poll::{AdaptivePoll, FlightPoll};
 use crate::service::QueueService;
 use crate::threads::{ThreadHook, ThreadRole};
 
-/// epoll tag of the stop eventfd; the queue in registry slot `s` uses `2 * s` for its kick and
-/// `2 * s + 1` for its completions.
+/// epoll tag of the stop eventfd; the queue in registry slot `s` uses `TAGS * s` for its kick
+/// and `TAGS * s + 1` for all its completion fds.
 const STOP_TAG: u64 = u64::MAX;
+/// Tags per registry slot.
+const TAGS: u64 = 2;
 
 /// A queue as handed to a loop: its service and the eventfd its kicks arrive on.
 #[derive(Debug)]
@@ -42,6 +44,8 @@ pub struct LoopOptions {
     pub name: String,
     /// Busy-poll budget before sleeping, in microseconds (0: never poll).
     pub poll_us: u32,
+    /// Keep polling while requests are in flight ([`FlightPoll`]).
+    pub poll_in_flight: bool,
     /// A lock held around every turn (the VM-wide lock of the `iothread` mode).
     pub lock: Option<Arc<Mutex<()>>>,
     /// Run first in the loop's thread.
@@ -63,6 +67,7 @@ struct Shared {
     stop_evt: EventFd,
     lock: Option<Arc<Mutex<()>>>,
     poll_us: u32,
+    poll_in_flight: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -79,6 +84,7 @@ impl EventLoop {
             stop_evt: EventFd::new(EFD_NONBLOCK)?,
             lock: opts.lock,
             poll_us: opts.poll_us,
+            poll_in_flight: opts.poll_in_flight,
         });
         shared.add(shared.stop_evt.as_raw_fd(), STOP_TAG)?;
         let s = shared.clone();
@@ -106,9 +112,9 @@ impl EventLoop {
                     reg.len() - 1
                 }
             };
-            let tag = 2 * slot as u64;
+            let tag = TAGS * slot as u64;
             self.shared.add(q.kick.as_raw_fd(), tag)?;
-            if let Some(fd) = q.service.completion_fd() {
+            for fd in q.service.completion_fds() {
                 self.shared.add(fd, tag + 1)?;
             }
             // Chains may already wait (the driver kicked before DRIVER_OK was handled): one
@@ -130,7 +136,7 @@ impl EventLoop {
             for &s in slots {
                 if let Some(q) = reg.get_mut(s).and_then(Option::take) {
                     self.shared.remove(q.kick.as_raw_fd());
-                    if let Some(fd) = q.service.completion_fd() {
+                    for fd in q.service.completion_fds() {
                         self.shared.remove(fd);
                     }
                     taken.push(q.service);
@@ -191,16 +197,26 @@ impl Shared {
 
     fn run(&self) {
         let mut poller = AdaptivePoll::new(self.poll_us);
+        let mut flight = FlightPoll::new(self.poll_us);
         let mut events = vec![EpollEvent::default(); 64];
         while !self.stopped() {
             if self.turn() {
                 continue;
             }
-            if poller.enabled()
-                && self.each(true, |may, q| q.service.may_poll() & may)
-                && poller.poll(|| self.turn() || self.stopped())
-            {
-                continue;
+            if poller.enabled() && self.each(true, |may, q| q.service.may_poll() & may) {
+                // Requests in flight: keep watching the rings and the engine across the
+                // disk's latency (the driver does not kick meanwhile: kicks stay disabled
+                // while this thread is awake). Nothing in flight: the idle window.
+                let in_flight = self.poll_in_flight
+                    && self.each(false, |any, q| any | (q.service.in_flight() > 0));
+                let found = if in_flight {
+                    flight.poll(|| self.turn() || self.stopped())
+                } else {
+                    poller.poll(|| self.turn() || self.stopped())
+                };
+                if found {
+                    continue;
+                }
             }
             // Kicks on again; chains that slipped in meanwhile get another turn.
             if self.each(false, |pending, q| q.service.enable_kicks() | pending) {
@@ -230,21 +246,21 @@ impl Shared {
     }
 }
 
-/// Clears the readiness epoll reported for `tag`: a kick (even tag) is counted and stamped,
-/// a completion fd (odd tag) drained.
+/// Clears the readiness epoll reported for `tag`: a kick is counted and stamped, completion
+/// fds are drained.
 fn acknowledge(reg: &[Option<ServedQueue>], tag: u64) {
     if tag == STOP_TAG {
         return;
     }
-    let Some(Some(q)) = usize::try_from(tag / 2).ok().and_then(|s| reg.get(s)) else {
+    let Some(Some(q)) = usize::try_from(tag / TAGS).ok().and_then(|s| reg.get(s)) else {
         return;
     };
-    if tag & 1 == 0 {
+    if tag % TAGS == 0 {
         // EAGAIN: already drained by an earlier event; nothing to do.
         if q.kick.read().is_ok() {
             q.service.kick_seen();
         }
     } else {
-        q.service.drain_completion_fd();
+        q.service.drain_completion_fds();
     }
 }

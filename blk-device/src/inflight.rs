@@ -6,15 +6,26 @@
 //! over from the slot's previous job) cannot complete that job early: it is counted and dropped.
 //! When a job's last operation completes, its status byte is written ([`IoJob::finish`]) and
 //! the job is handed back to the caller.
+//!
+//! Request merging: with merging on, started reads and writes wait for the batch's
+//! [`InFlightTable::flush`], which sends adjacent ones (reads after reads, writes after writes,
+//! each starting where the previous ends) to the engine as one operation over all their
+//! buffers, up to [`MAX_MERGE_BYTES`] and [`MAX_IOVECS`] buffers. The jobs of a merged
+//! operation share its slot. If it completes in full, each job completes with its own status;
+//! if it fails or comes back short, each job is submitted again on its own, so an error is
+//! reported for the requests it belongs to and never for a neighbour.
 
 use std::os::unix::io::RawFd;
 
-use backend_raw::{Completion, Engine};
+use backend_raw::{Completion, Engine, IoOp, MAX_IOVECS};
 use blk_proto::MAX_DISCARD_SEGMENTS;
 use vm_memory::GuestMemoryMmap;
 
 use crate::request::IoJob;
 use crate::trace::{QueueTrace, Stage};
+
+/// The largest I/O merging builds.
+pub const MAX_MERGE_BYTES: u32 = 1 << 20;
 
 /// Engine depth needed for `queue_size` requests in flight at once: every request is one
 /// operation except discard / write-zeroes, which may have up to [`MAX_DISCARD_SEGMENTS`].
@@ -32,10 +43,16 @@ fn untag(user_data: u64) -> (usize, u32) {
     ((user_data & 0xffff_ffff) as usize, (user_data >> 32) as u32)
 }
 
-/// A slot of the table: the job in flight there, and the slot's generation.
+/// A slot of the table: the job in flight there (with the jobs merged into its operation),
+/// and the slot's generation.
 #[derive(Debug, Default)]
 struct Slot {
     job: Option<Box<IoJob>>,
+    /// Jobs whose data rides in `job`'s operation, in disk order after it.
+    #[allow(clippy::vec_box)]
+    merged: Vec<Box<IoJob>>,
+    /// Bytes the merged operation moves.
+    merged_bytes: u32,
     generation: u32,
 }
 
@@ -45,39 +62,86 @@ pub struct InFlightTable {
     slots: Vec<Slot>,
     free: Vec<usize>,
     completions: Vec<Completion>,
+    /// Jobs started and not handed back (in slots, merged, pending or refused).
     live: usize,
+    /// Started jobs waiting for `flush` (merging on).
+    #[allow(clippy::vec_box)]
+    pending: Vec<Box<IoJob>>,
+    /// A run of adjacent jobs being merged (kept to reuse its allocation).
+    #[allow(clippy::vec_box)]
+    run: Vec<Box<IoJob>>,
+    /// Jobs the engine refused at `flush`, failed; their status is written at the next reap.
+    #[allow(clippy::vec_box)]
+    refused: Vec<Box<IoJob>>,
+    merge: bool,
+    /// The buffers of a merged operation (the engine copies the array at submission).
+    scratch: Vec<libc::iovec>,
     /// Completions whose tag named no job in flight; reported once.
     stale: u64,
+    /// Merged operations that failed and were split back into their requests.
+    split: u64,
 }
+
+// SAFETY: `scratch` only holds addresses of guest RAM, which every thread of the process may
+// access, and only between filling it and the engine copying it, within one call; the engine
+// and the jobs are `Send`.
+unsafe impl Send for InFlightTable {}
 
 impl std::fmt::Debug for InFlightTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InFlightTable")
             .field("engine", &self.engine.kind())
             .field("live", &self.live)
+            .field("merge", &self.merge)
             .field("stale", &self.stale)
+            .field("split", &self.split)
             .finish()
     }
 }
 
+/// Whether `job` continues the run that ends with `last` (same direction, next byte), and
+/// the run stays within the merge limits with it.
+fn continues(last: &IoJob, job: &IoJob, run_bytes: u32, run_iovecs: usize) -> bool {
+    let (Some((w1, off1, len1)), Some((w2, off2, len2))) = (last.transfer(), job.transfer()) else {
+        return false;
+    };
+    w1 == w2
+        && off1.checked_add(u64::from(len1)) == Some(off2)
+        && run_bytes.saturating_add(len2) <= MAX_MERGE_BYTES
+        && run_iovecs + job.iovecs().len() <= MAX_IOVECS
+}
+
 impl InFlightTable {
-    /// A table with one slot per operation `engine` can hold.
-    pub fn new(engine: Box<dyn Engine>) -> Self {
+    /// A table with one slot per operation `engine` can hold; `merge` turns request merging on.
+    pub fn new(engine: Box<dyn Engine>, merge: bool) -> Self {
         let cap = engine.capacity();
+        let with = |n: usize| if merge { n } else { 0 };
         InFlightTable {
             engine,
-            slots: (0..cap).map(|_| Slot::default()).collect(),
+            slots: (0..cap)
+                .map(|_| Slot {
+                    merged: Vec::with_capacity(with(8)),
+                    ..Slot::default()
+                })
+                .collect(),
             free: (0..cap).rev().collect(),
             completions: Vec::with_capacity(cap),
             live: 0,
+            pending: Vec::with_capacity(with(cap)),
+            run: Vec::with_capacity(with(cap)),
+            refused: Vec::with_capacity(with(cap)),
+            merge,
+            scratch: Vec::with_capacity(with(MAX_IOVECS)),
             stale: 0,
+            split: 0,
         }
     }
 
     /// Whether a job of any type (up to [`MAX_DISCARD_SEGMENTS`] operations) fits now.
     pub fn has_room(&self) -> bool {
-        self.engine.in_flight() + MAX_DISCARD_SEGMENTS <= self.engine.capacity()
-            && !self.free.is_empty()
+        self.engine.in_flight() + self.pending.len() + MAX_DISCARD_SEGMENTS
+            <= self.engine.capacity()
+            && self.live < self.slots.len()
     }
 
     /// Jobs started and not handed back yet.
@@ -90,50 +154,171 @@ impl InFlightTable {
         self.stale
     }
 
-    /// Submits `job`'s operations (stamping `BackendSubmit` into `trace`). Returns the job
-    /// when it finished at once: no operation was accepted, so it failed (its status is
+    /// Merged operations that failed and were retried request by request.
+    pub fn split(&self) -> u64 {
+        self.split
+    }
+
+    /// Starts `job` (stamping `BackendSubmit` into `trace`): submits its operations now, or,
+    /// with merging on and a read or write, at the batch's [`flush`](Self::flush). Returns the
+    /// job when it finished at once: no operation was accepted, so it failed (its status is
     /// written); a refused operation fails the request, it is never lost.
     pub fn start(
         &mut self,
         mem: &GuestMemoryMmap,
-        mut job: Box<IoJob>,
+        job: Box<IoJob>,
         trace: &QueueTrace,
     ) -> Option<Box<IoJob>> {
+        trace.stamp(Stage::BackendSubmit, job.head);
+        self.live += 1;
+        if self.merge && job.transfer().is_some() {
+            self.pending.push(job);
+            return None;
+        }
+        match self.submit_one(job) {
+            Ok(()) => None,
+            Err(mut job) => {
+                self.live -= 1;
+                job.finish(mem);
+                Some(job)
+            }
+        }
+    }
+
+    /// Submits `job`'s own operations in a slot of its own. Gives the job back (failed, its
+    /// status not written yet) when the engine took none of them.
+    fn submit_one(&mut self, mut job: Box<IoJob>) -> Result<(), Box<IoJob>> {
         let Some(slot) = self.free.pop() else {
             // Callers check `has_room` first; fail the job rather than lose it.
             job.fail();
-            job.finish(mem);
-            return Some(job);
+            return Err(job);
         };
         let Some(entry) = self.slots.get_mut(slot) else {
             job.fail();
-            job.finish(mem);
-            return Some(job);
+            return Err(job);
+        };
+        entry.generation = entry.generation.wrapping_add(1);
+        if job.submit_to(self.engine.as_mut(), tag(slot, entry.generation)) == 0 {
+            self.free.push(slot);
+            return Err(job);
+        }
+        entry.job = Some(job);
+        entry.merged_bytes = 0;
+        Ok(())
+    }
+
+    /// Submits `job` alone; a job the engine refuses waits, failed, for the next reap.
+    fn submit_or_refuse(&mut self, job: Box<IoJob>) {
+        if let Err(job) = self.submit_one(job) {
+            self.refused.push(job);
+        }
+    }
+
+    /// Submits the jobs of `self.run` (each continuing the previous one on the disk) as one
+    /// operation, or a lone job by itself.
+    fn submit_run(&mut self) {
+        if self.run.len() == 1 {
+            if let Some(job) = self.run.pop() {
+                self.submit_or_refuse(job);
+            }
+            return;
+        }
+        let first = self.run.first().and_then(|j| j.transfer());
+        let (Some((write, offset, _)), Some(slot)) = (first, self.free.pop()) else {
+            // No slot for a merged operation: each job on its own (each was given room).
+            while let Some(job) = self.run.pop() {
+                self.submit_or_refuse(job);
+            }
+            return;
+        };
+        let op = if write {
+            IoOp::Write { offset }
+        } else {
+            IoOp::Read { offset }
+        };
+        self.scratch.clear();
+        let mut bytes = 0u32;
+        for job in &self.run {
+            self.scratch.extend_from_slice(job.iovecs());
+            bytes += job.transfer().map_or(0, |t| t.2);
+        }
+        let Some(entry) = self.slots.get_mut(slot) else {
+            return;
         };
         entry.generation = entry.generation.wrapping_add(1);
         let user_data = tag(slot, entry.generation);
-        trace.stamp(Stage::BackendSubmit, job.head);
-        if job.submit_to(self.engine.as_mut(), user_data) == 0 {
+        // SAFETY: the iovecs point into guest RAM (bounds-checked when each job was parsed),
+        // which stays mapped for the VM's life, past these requests' completion; the engine
+        // copies the iovec array itself before `submit` returns. The guest owns those bytes and
+        // may touch them meanwhile, which only affects the data of its own requests.
+        let submitted = unsafe { self.engine.submit(op, &self.scratch, user_data) };
+        if submitted.is_err() {
             self.free.push(slot);
-            job.finish(mem);
-            return Some(job);
+            while let Some(job) = self.run.pop() {
+                self.submit_or_refuse(job);
+            }
+            return;
         }
-        entry.job = Some(job);
-        self.live += 1;
-        None
+        let mut jobs = self.run.drain(..);
+        if let Some(mut leader) = jobs.next() {
+            leader.mark_merged();
+            entry.merged.clear();
+            entry.merged.extend(jobs.map(|mut j| {
+                j.mark_merged();
+                j
+            }));
+            entry.merged_bytes = bytes;
+            entry.job = Some(leader);
+        }
+    }
+
+    /// Pushes the batch to the kernel; with merging on, first builds the operations of the
+    /// reads and writes started since the last flush. A failure to push completes nothing:
+    /// the submissions stay queued and the next call retries them.
+    pub fn flush(&mut self) {
+        if !self.pending.is_empty() {
+            let mut pending = std::mem::take(&mut self.pending);
+            let (mut bytes, mut iovecs) = (0u32, 0usize);
+            for job in pending.drain(..) {
+                let joins = self
+                    .run
+                    .last()
+                    .is_some_and(|last| continues(last, &job, bytes, iovecs));
+                if !joins && !self.run.is_empty() {
+                    self.submit_run();
+                    (bytes, iovecs) = (0, 0);
+                }
+                bytes += job.transfer().map_or(0, |t| t.2);
+                iovecs += job.iovecs().len();
+                self.run.push(job);
+            }
+            if !self.run.is_empty() {
+                self.submit_run();
+            }
+            self.pending = pending;
+        }
+        let _ = self.engine.flush_submissions();
     }
 
     /// Reaps finished operations; each job whose last operation finished is shown to
     /// `completed` (which stamps `BackendComplete`), gets its status written and goes to
-    /// `done`. Returns how many operations were reaped.
+    /// `done`. A merged operation that failed is split: its jobs go to the engine again one by
+    /// one. Returns how many operations were reaped.
     pub fn reap(
         &mut self,
         mem: &GuestMemoryMmap,
         completed: impl Fn(&IoJob),
         mut done: impl FnMut(Box<IoJob>),
     ) -> usize {
+        while let Some(mut job) = self.refused.pop() {
+            self.live -= 1;
+            completed(&job);
+            job.finish(mem);
+            done(job);
+        }
         self.completions.clear();
         let n = self.engine.reap(&mut self.completions);
+        let mut resubmitted = false;
         for i in 0..self.completions.len() {
             let Some(c) = self.completions.get(i).copied() else {
                 break;
@@ -147,17 +332,46 @@ impl InFlightTable {
                 self.on_stale(c.user_data);
                 continue;
             };
-            if !entry.job.as_mut().is_some_and(|j| j.complete_op(c.result)) {
+            if entry.merged.is_empty() {
+                if !entry.job.as_mut().is_some_and(|j| j.complete_op(c.result)) {
+                    continue;
+                }
+                let Some(mut job) = entry.job.take() else {
+                    continue;
+                };
+                self.free.push(slot);
+                self.live -= 1;
+                completed(&job);
+                job.finish(mem);
+                done(job);
                 continue;
             }
-            let Some(mut job) = entry.job.take() else {
+            let whole = c.result == Ok(entry.merged_bytes);
+            let Some(leader) = entry.job.take() else {
                 continue;
             };
+            self.run.push(leader);
+            self.run.append(&mut entry.merged);
             self.free.push(slot);
-            self.live -= 1;
-            completed(&job);
-            job.finish(mem);
-            done(job);
+            if whole {
+                while let Some(mut job) = self.run.pop() {
+                    let bytes = job.transfer().map_or(0, |t| t.2);
+                    job.complete_op(Ok(bytes));
+                    self.live -= 1;
+                    completed(&job);
+                    job.finish(mem);
+                    done(job);
+                }
+            } else {
+                self.split += 1;
+                resubmitted = true;
+                while let Some(job) = self.run.pop() {
+                    self.submit_or_refuse(job);
+                }
+            }
+        }
+        if resubmitted {
+            let _ = self.engine.flush_submissions();
         }
         n
     }
@@ -173,22 +387,17 @@ impl InFlightTable {
         }
     }
 
-    /// Pushes the batch of submissions to the kernel. A failure completes nothing: the
-    /// submissions stay queued and the next call retries them.
-    pub fn flush(&mut self) {
-        let _ = self.engine.flush_submissions();
-    }
-
     /// Blocks until a completion can be reaped (or nothing is in flight).
     pub fn wait(&mut self) {
+        if !self.pending.is_empty() {
+            self.flush();
+        }
+        if !self.refused.is_empty() {
+            return;
+        }
         // An error here means io_uring_enter failed; the caller reaps what there is and comes
         // back, so a transient error costs a retry, not a hang.
         let _ = self.engine.wait();
-    }
-
-    /// Operations submitted and not reaped.
-    pub fn ops_in_flight(&self) -> usize {
-        self.engine.in_flight()
     }
 
     /// The engine's completion eventfd, for epoll.
@@ -207,7 +416,7 @@ mod tests {
     use super::*;
     use backend_raw::{EngineKind, IoOp};
     use std::sync::{Arc, Mutex};
-    use vm_memory::GuestAddress;
+    use vm_memory::{Bytes, GuestAddress};
 
     const STATUS_BASE: u64 = 0x1000;
 
@@ -278,11 +487,14 @@ mod tests {
     fn a_duplicate_completion_does_not_complete_the_next_job_of_its_slot() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
         let done = Arc::new(Mutex::new(Vec::new()));
-        let mut table = InFlightTable::new(Box::new(DuplicatingEngine {
-            pending: Default::default(),
-            duplicate: None,
-            done: done.clone(),
-        }));
+        let mut table = InFlightTable::new(
+            Box::new(DuplicatingEngine {
+                pending: Default::default(),
+                duplicate: None,
+                done: done.clone(),
+            }),
+            false,
+        );
         let trace = QueueTrace::disabled();
         let mut returned = Vec::new();
         let mut reap = |table: &mut InFlightTable, step: &str| {
@@ -321,5 +533,230 @@ mod tests {
             "each job back once"
         );
         assert!(table.stale() > 0, "the engine did hand out duplicates");
+    }
+
+    /// What a [`MemDisk`] holds and saw.
+    #[derive(Default)]
+    struct MemState {
+        data: Vec<u8>,
+        /// (offset, bytes, iovecs) of every read or write submitted.
+        log: Vec<(u64, u64, usize)>,
+    }
+
+    /// A disk in memory: performs each operation at submission (like the sync engine),
+    /// failing those that touch `bad`, and records what it was given.
+    struct MemDisk {
+        state: Arc<Mutex<MemState>>,
+        bad: std::ops::Range<u64>,
+        done: std::collections::VecDeque<Completion>,
+    }
+
+    impl Engine for MemDisk {
+        unsafe fn submit(
+            &mut self,
+            op: IoOp,
+            iovecs: &[libc::iovec],
+            user_data: u64,
+        ) -> Result<(), backend_raw::Error> {
+            let (write, offset) = match op {
+                IoOp::Read { offset } => (false, offset),
+                IoOp::Write { offset } => (true, offset),
+                _ => unreachable!("tests submit reads and writes"),
+            };
+            let len: u64 = iovecs.iter().map(|v| v.iov_len as u64).sum();
+            let mut st = self.state.lock().unwrap();
+            st.log.push((offset, len, iovecs.len()));
+            let end = offset + len;
+            let result = if offset < self.bad.end && self.bad.start < end {
+                Err(libc::EIO)
+            } else {
+                let mut at = offset as usize;
+                for v in iovecs {
+                    // SAFETY: the iovecs point into the test's guest memory, alive and not
+                    // otherwise accessed during the call.
+                    let buf = unsafe {
+                        std::slice::from_raw_parts_mut(v.iov_base.cast::<u8>(), v.iov_len)
+                    };
+                    let disk = &mut st.data[at..at + v.iov_len];
+                    if write {
+                        disk.copy_from_slice(buf);
+                    } else {
+                        buf.copy_from_slice(disk);
+                    }
+                    at += v.iov_len;
+                }
+                Ok(len as u32)
+            };
+            self.done.push_back(Completion { user_data, result });
+            Ok(())
+        }
+        fn flush_submissions(&mut self) -> Result<(), backend_raw::Error> {
+            Ok(())
+        }
+        fn reap(&mut self, out: &mut Vec<Completion>) -> usize {
+            let n = self.done.len();
+            out.extend(self.done.drain(..));
+            n
+        }
+        fn wait(&mut self) -> Result<(), backend_raw::Error> {
+            Ok(())
+        }
+        fn completion_fd(&self) -> Option<RawFd> {
+            None
+        }
+        fn in_flight(&self) -> usize {
+            self.done.len()
+        }
+        fn capacity(&self) -> usize {
+            64 + MAX_DISCARD_SEGMENTS
+        }
+        fn kind(&self) -> EngineKind {
+            EngineKind::Sync
+        }
+    }
+
+    const SECTORS: u64 = 256;
+
+    /// One batch's outcome: (head, status, used length) per request, the disk afterwards,
+    /// the engine's log, the guest memory.
+    type Outcome = (
+        Vec<(u16, u8, u32)>,
+        Vec<u8>,
+        Vec<(u64, u64, usize)>,
+        GuestMemoryMmap,
+    );
+
+    /// Runs `reqs` (write?, first sector, sectors) as one batch through a table over a disk
+    /// whose sectors `bad` fail.
+    fn batch(reqs: &[(bool, u64, u64)], bad: std::ops::Range<u64>, merge: bool) -> Outcome {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x80_0000)]).unwrap();
+        let state = Arc::new(Mutex::new(MemState {
+            data: (0..SECTORS * 512).map(|i| (i / 512) as u8).collect(),
+            log: Vec::new(),
+        }));
+        let engine = MemDisk {
+            state: state.clone(),
+            bad: bad.start * 512..bad.end * 512,
+            done: Default::default(),
+        };
+        let mut table = InFlightTable::new(Box::new(engine), merge);
+        let trace = QueueTrace::disabled();
+        for (i, &(write, sector, sectors)) in reqs.iter().enumerate() {
+            let len = (sectors * 512) as u32;
+            mem.write_slice(&vec![0x80 | i as u8; len as usize], GuestAddress(buf_of(i)))
+                .unwrap();
+            let job = IoJob::test_transfer(
+                &mem,
+                i as u16,
+                write,
+                sector * 512,
+                (buf_of(i), len),
+                STATUS_BASE + i as u64,
+            );
+            assert!(table.start(&mem, job, &trace).is_none());
+        }
+        table.flush();
+        let mut used = Vec::new();
+        while table.live() > 0 {
+            table.reap(
+                &mem,
+                |_| {},
+                |job| {
+                    let mut st = [0u8];
+                    mem.read_slice(&mut st, GuestAddress(STATUS_BASE + u64::from(job.head)))
+                        .unwrap();
+                    used.push((job.head, st[0], job.used().len));
+                },
+            );
+        }
+        used.sort_unstable();
+        let st = state.lock().unwrap();
+        (used, st.data.clone(), st.log.clone(), mem)
+    }
+
+    fn buf_of(i: usize) -> u64 {
+        0x10_0000 + i as u64 * 0x1_0000
+    }
+
+    #[test]
+    fn adjacent_reads_go_to_the_engine_as_one_and_complete_each() {
+        let reqs = [
+            (false, 10, 2),
+            (false, 12, 1),
+            (false, 13, 4),
+            (false, 40, 1),
+        ];
+        let (used, _, log, mem) = batch(&reqs, 0..0, true);
+        assert_eq!(log, vec![(10 * 512, 7 * 512, 3), (40 * 512, 512, 1)]);
+        assert_eq!(
+            used,
+            vec![(0, 0, 1025), (1, 0, 513), (2, 0, 2049), (3, 0, 513)]
+        );
+        let mut got = vec![0u8; 512];
+        mem.read_slice(&mut got, GuestAddress(buf_of(2) + 3 * 512))
+            .unwrap();
+        assert_eq!(
+            got,
+            vec![16u8; 512],
+            "request 2's last sector is disk sector 16"
+        );
+        let (_, _, log, _) = batch(&reqs, 0..0, false);
+        assert_eq!(log.len(), 4, "merging off: one operation per request");
+    }
+
+    #[test]
+    fn a_failed_merged_write_is_retried_per_request_and_fails_only_its_own() {
+        let reqs = [(true, 20, 2), (true, 22, 2), (true, 24, 2)];
+        let (used, disk, log, _) = batch(&reqs, 23..24, true);
+        assert_eq!(log.first(), Some(&(20 * 512, 6 * 512, 3)), "merged first");
+        assert_eq!(log.len(), 4, "then each request alone");
+        assert_eq!(
+            used,
+            vec![(0, 0, 1), (1, 1, 1), (2, 0, 1)],
+            "IOERR only for head 1"
+        );
+        assert!(disk[20 * 512..22 * 512].iter().all(|&b| b == 0x80));
+        assert!(disk[24 * 512..26 * 512].iter().all(|&b| b == 0x82));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Against a model disk: whatever the batch and the failing range, merging on gives the
+        /// same statuses, used lengths, guest data and disk as merging off, and a request
+        /// fails exactly when its own range touches the failing one.
+        #[test]
+        fn merging_changes_nothing_but_the_number_of_operations(
+            reqs in proptest::collection::vec((proptest::bool::ANY, 0u64..60, 1u64..5), 1..24),
+            seq in proptest::bool::ANY,
+            bad in 0u64..70,
+        ) {
+            // Half the cases are one sequential stream, so that runs do form.
+            let mut next = 0;
+            let reqs: Vec<(bool, u64, u64)> = reqs
+                .into_iter()
+                .map(|(w, s, n)| {
+                    let s = if seq { next } else { s };
+                    next = s + n;
+                    (w && !seq, s, n)
+                })
+                .collect();
+            let bad = bad..bad + 1;
+            let (used, disk, log, mem) = batch(&reqs, bad.clone(), true);
+            let (used2, disk2, log2, mem2) = batch(&reqs, bad.clone(), false);
+            proptest::prop_assert_eq!(&used, &used2);
+            proptest::prop_assert_eq!(disk, disk2);
+            proptest::prop_assert!(log.len() <= log2.len() + reqs.len());
+            for (i, &(_, s, n)) in reqs.iter().enumerate() {
+                let failed = s < bad.end && bad.start < s + n;
+                proptest::prop_assert_eq!(used[i].1 != 0, failed, "request {}", i);
+                let (mut a, mut b) = (vec![0u8; (n * 512) as usize], vec![0u8; (n * 512) as usize]);
+                mem.read_slice(&mut a, GuestAddress(buf_of(i))).unwrap();
+                mem2.read_slice(&mut b, GuestAddress(buf_of(i))).unwrap();
+                proptest::prop_assert_eq!(a, b);
+            }
+            if seq && reqs.len() > 1 && !(0..next).any(|s| bad.contains(&s)) {
+                proptest::prop_assert!(log.len() < reqs.len(), "a sequential batch merged");
+            }
+        }
     }
 }

@@ -9,6 +9,7 @@ pub mod event_loop;
 pub mod failure_log;
 pub mod features;
 pub mod guest_iovec;
+pub mod handoff;
 pub mod health;
 pub mod inflight;
 pub mod interrupt;

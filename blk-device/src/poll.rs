@@ -84,6 +84,82 @@ impl AdaptivePoll {
     }
 }
 
+/// The most a serving thread spins waiting for requests in flight before it sleeps.
+pub const MAX_FLIGHT_POLL: Duration = Duration::from_millis(1);
+
+/// Polling while requests are in flight: the thread watches the avail ring and the engine's
+/// completions instead of sleeping, for about twice the time completions have been taking
+/// (an average of what it measured), at least the idle window and at most
+/// [`MAX_FLIGHT_POLL`]. A request slower than that (a flush, a loaded disk) is waited for
+/// asleep, and the window grows for the next one.
+///
+/// ```
+/// use std::time::Duration;
+/// use blk_device::poll::FlightPoll;
+/// let mut p = FlightPoll::new(10);
+/// for _ in 0..32 {
+///     p.completed_after(Duration::from_micros(60));
+/// }
+/// assert!(p.window() > Duration::from_micros(100)); // about twice the completion time
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct FlightPoll {
+    min: Duration,
+    /// Moving average of the time from the start of a wait to a completion.
+    estimate: Duration,
+}
+
+impl FlightPoll {
+    /// A poller that waits at least `poll_us` microseconds; 0 never polls.
+    pub fn new(poll_us: u32) -> Self {
+        let min = Duration::from_micros(u64::from(poll_us));
+        FlightPoll { min, estimate: min }
+    }
+
+    /// Whether polling is on at all.
+    pub fn enabled(&self) -> bool {
+        !self.min.is_zero()
+    }
+
+    /// How long the next wait spins.
+    pub fn window(&self) -> Duration {
+        (self.estimate * 2).clamp(self.min, MAX_FLIGHT_POLL)
+    }
+
+    /// A completion (or new work) arrived `after` the wait started.
+    pub fn completed_after(&mut self, after: Duration) {
+        // An average over about eight waits: follows a change of disk within a few requests
+        // without jumping at one outlier.
+        self.estimate = (self.estimate * 7 + after) / 8;
+    }
+
+    /// The window ended with nothing: the disk is slower than the estimate.
+    pub fn missed(&mut self) {
+        self.estimate = (self.estimate * 2).min(MAX_FLIGHT_POLL);
+    }
+
+    /// Spins on `find_work` for the window; returns whether it found work, adapting the
+    /// estimate either way.
+    pub fn poll(&mut self, mut find_work: impl FnMut() -> bool) -> bool {
+        if !self.enabled() {
+            return false;
+        }
+        let start = Instant::now();
+        let window = self.window();
+        loop {
+            if find_work() {
+                self.completed_after(start.elapsed());
+                return true;
+            }
+            if start.elapsed() >= window {
+                self.missed();
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,6 +175,32 @@ mod tests {
             p.after_sleep(Duration::from_micros(1));
         }
         assert_eq!(p.window(), Duration::from_micros(16));
+    }
+
+    #[test]
+    fn flight_window_follows_completion_times_within_bounds() {
+        let mut p = FlightPoll::new(10);
+        for _ in 0..64 {
+            p.completed_after(Duration::from_micros(80));
+        }
+        let w = p.window();
+        assert!(
+            w > Duration::from_micros(150) && w <= Duration::from_micros(160),
+            "{w:?}"
+        );
+        for _ in 0..20 {
+            p.missed();
+        }
+        assert_eq!(p.window(), MAX_FLIGHT_POLL);
+        for _ in 0..200 {
+            p.completed_after(Duration::ZERO);
+        }
+        assert_eq!(
+            p.window(),
+            Duration::from_micros(10),
+            "never below the idle window"
+        );
+        assert!(!FlightPoll::new(0).poll(|| true), "0 never polls");
     }
 
     #[test]

@@ -110,9 +110,12 @@ pub struct PoolLink {
 impl WorkerPool {
     /// Starts one worker per engine and returns the pool with one link per queue of
     /// `queues` (`(queue index, ring size)`), in the same order. Each worker thread calls
-    /// `hook` with [`ThreadRole::Worker`] first (for its seccomp filter).
+    /// `hook` with [`ThreadRole::Worker`] first (for its seccomp filter). Workers merge
+    /// adjacent requests of a batch when `merge`.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         engines: Vec<Box<dyn Engine>>,
+        merge: bool,
         mem: GuestMemoryMmap,
         queues: &[(u16, u16)],
         traces: Vec<QueueTrace>,
@@ -151,7 +154,7 @@ impl WorkerPool {
         };
         for (i, engine) in engines.into_iter().enumerate() {
             let worker = Worker {
-                table: InFlightTable::new(engine),
+                table: InFlightTable::new(engine, merge),
                 mem: mem.clone(),
                 homes: homes.clone(),
                 traces: traces.clone(),
@@ -336,11 +339,11 @@ impl Scheduler for PoolLink {
         }
     }
 
-    fn completion_fd(&self) -> Option<RawFd> {
-        Some(self.bell.fd())
+    fn completion_fds(&self) -> [Option<RawFd>; 2] {
+        [Some(self.bell.fd()), None]
     }
 
-    fn drain_completion_fd(&self) {
+    fn drain_completion_fds(&self) {
         self.bell.drain();
     }
 
@@ -477,6 +480,7 @@ mod tests {
             .collect();
         let (mut pool, mut links) = WorkerPool::start(
             engines,
+            false,
             mem.clone(),
             &[(0, size)],
             vec![QueueTrace::disabled()],

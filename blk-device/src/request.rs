@@ -163,6 +163,29 @@ impl IoJob {
         self.ops.get(..self.n_ops).unwrap_or(&[])
     }
 
+    /// `(write, offset, bytes)` when the job is one read or write that moves data: the only
+    /// kind that can be merged with its neighbours.
+    pub(crate) fn transfer(&self) -> Option<(bool, u64, u32)> {
+        if self.n_ops != 1 || self.expect == 0 {
+            return None;
+        }
+        match self.ops.first()? {
+            IoOp::Read { offset } => Some((false, *offset, self.expect)),
+            IoOp::Write { offset } => Some((true, *offset, self.expect)),
+            _ => None,
+        }
+    }
+
+    /// The job's host iovecs.
+    pub(crate) fn iovecs(&self) -> &[libc::iovec] {
+        self.iovecs.as_slice()
+    }
+
+    /// The job's one operation went to the engine as part of a merged one.
+    pub(crate) fn mark_merged(&mut self) {
+        self.ops_left = 1;
+    }
+
     /// Submits every operation to `engine`, tagged `user_data`; returns how many were
     /// accepted. A refused operation fails the request (it is never lost).
     pub fn submit_to(&mut self, engine: &mut dyn Engine, user_data: u64) -> u16 {
@@ -262,6 +285,33 @@ impl IoJob {
         job.ok_len = 1;
         job.ops[0] = IoOp::Read { offset };
         job.n_ops = 1;
+        job
+    }
+
+    /// A job for chain `head`: one read or write of the `len` bytes of guest memory at `buf`,
+    /// at disk offset `offset`, its status byte at `status_addr`.
+    pub(crate) fn test_transfer(
+        mem: &GuestMemoryMmap,
+        head: u16,
+        write: bool,
+        offset: u64,
+        (buf, len): (u64, u32),
+        status_addr: u64,
+    ) -> Box<Self> {
+        let mut job = Box::<IoJob>::default();
+        job.head = head;
+        job.status_addr = status_addr;
+        job.ok_len = if write { 1 } else { len + 1 };
+        job.ops[0] = if write {
+            IoOp::Write { offset }
+        } else {
+            IoOp::Read { offset }
+        };
+        job.n_ops = 1;
+        job.expect = len;
+        job.iovecs
+            .push_guest(mem, buf, u64::from(len))
+            .expect("test buffer in guest RAM");
         job
     }
 }

@@ -47,11 +47,12 @@ pub trait Scheduler: Send + std::fmt::Debug {
     /// Blocks until a finished job can be reaped (or nothing is in flight).
     fn wait(&mut self);
 
-    /// A file descriptor that becomes readable when jobs finish, for epoll.
-    fn completion_fd(&self) -> Option<RawFd>;
+    /// The file descriptors that become readable when jobs finish, for epoll (at most two: a
+    /// scheduler that runs some jobs inline and hands others off has one of each).
+    fn completion_fds(&self) -> [Option<RawFd>; 2];
 
-    /// Clears the completion fd's readiness after epoll reported it.
-    fn drain_completion_fd(&self);
+    /// Clears the completion fds' readiness after epoll reported one of them.
+    fn drain_completion_fds(&self);
 
     /// Whether the serving thread may busy-poll now (see [`PoolLink`](crate::pool::PoolLink)).
     fn may_poll(&self) -> bool {
@@ -76,10 +77,10 @@ pub struct Inline {
 
 impl Inline {
     /// A scheduler over `engine` (built with [`engine_depth`](crate::inflight::engine_depth)
-    /// for the queue's size).
-    pub fn new(engine: Box<dyn Engine>) -> Self {
+    /// for the queue's size), merging adjacent requests of a batch when `merge`.
+    pub fn new(engine: Box<dyn Engine>, merge: bool) -> Self {
         Inline {
-            table: InFlightTable::new(engine),
+            table: InFlightTable::new(engine, merge),
         }
     }
 }
@@ -125,11 +126,11 @@ impl Scheduler for Inline {
         self.table.wait();
     }
 
-    fn completion_fd(&self) -> Option<RawFd> {
-        self.table.completion_fd()
+    fn completion_fds(&self) -> [Option<RawFd>; 2] {
+        [self.table.completion_fd(), None]
     }
 
-    fn drain_completion_fd(&self) {
+    fn drain_completion_fds(&self) {
         self.table.drain_completion_fd();
     }
 }

@@ -116,14 +116,14 @@ impl QueueService {
         self.scheduler.in_flight()
     }
 
-    /// The scheduler's completion fd, for epoll.
-    pub fn completion_fd(&self) -> Option<i32> {
-        self.scheduler.completion_fd()
+    /// The scheduler's completion fds, for epoll.
+    pub fn completion_fds(&self) -> impl Iterator<Item = i32> {
+        self.scheduler.completion_fds().into_iter().flatten()
     }
 
-    /// Clears the completion fd's readiness after epoll reported it.
-    pub fn drain_completion_fd(&self) {
-        self.scheduler.drain_completion_fd();
+    /// Clears the completion fds' readiness after epoll reported one of them.
+    pub fn drain_completion_fds(&self) {
+        self.scheduler.drain_completion_fds();
     }
 
     /// One turn: reap, drain the avail ring, publish, notify. Returns whether anything

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::config::{parse_memory, ConfigError, DiskConfig, IoMode, VmConfig};
+use crate::affinity::CpuAffinity;
+use crate::config::{parse_memory, ConfigError, DiskConfig, IoMode, VmConfig, WorkerCount};
 use crate::seccomp::SeccompMode;
 
 /// `vmm --kernel PATH [--cmdline STR] [--memory 256M] [--cpus 1] [--disk path=IMG,...]...`
@@ -41,10 +42,16 @@ pub struct Cli {
     /// microseconds; the window adapts below this maximum. 0 never polls.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_POLL_US)]
     pub poll_us: u32,
-    /// Worker threads per disk with --io-mode workers.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_WORKERS,
-          value_parser = parse_workers)]
-    pub workers: usize,
+    /// Whether a polling thread keeps polling while requests are in flight (across the disk's
+    /// latency, for about twice the completion time it measures) instead of sleeping after
+    /// --poll-us.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
+    pub poll_in_flight: bool,
+    /// Pool worker threads per disk with --io-mode workers: `auto` gives each disk a share of
+    /// the cores left after the vCPUs and the queue threads (0 when none is left: every
+    /// request then runs on its queue's thread); N (0 to 64) that many.
+    #[arg(long, value_name = "auto|N", default_value = "auto", value_parser = parse_workers)]
+    pub workers: WorkerCount,
     /// Write a request trace (Chrome trace-event JSON) to PATH at exit.
     #[arg(long, value_name = "PATH")]
     pub trace: Option<PathBuf>,
@@ -58,18 +65,28 @@ pub struct Cli {
     /// kills the VMM on a violation, `log` only logs it, `off` installs no filter.
     #[arg(long, value_enum, default_value_t = SeccompMode::On)]
     pub seccomp: SeccompMode,
+    /// Pin threads to host CPUs: `vcpu=LIST,io=LIST` (LIST: CPU numbers and ranges joined by
+    /// `:`, e.g. `0:2-3`); `io` covers queue threads, pool workers and the shared I/O thread.
+    #[arg(long, value_name = "vcpu=LIST,io=LIST")]
+    pub cpu_affinity: Option<String>,
 }
 
 /// The default `--poll-us`; see [`blk_device::poll::DEFAULT_POLL_US`].
 pub const DEFAULT_POLL_US: u32 = blk_device::poll::DEFAULT_POLL_US;
-/// The default `--workers`; see [`blk_device::pool::DEFAULT_WORKERS`].
-pub const DEFAULT_WORKERS: usize = blk_device::pool::DEFAULT_WORKERS;
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("'{s}' is not on or off")),
+    }
+}
 
-fn parse_workers(s: &str) -> Result<usize, String> {
+fn parse_workers(s: &str) -> Result<WorkerCount, String> {
     match s.parse::<usize>() {
-        Ok(n @ 1..=64) => Ok(n),
+        _ if s == "auto" => Ok(WorkerCount::Auto),
+        Ok(n @ 0..=64) => Ok(WorkerCount::Count(n)),
         _ => Err(format!(
-            "'{s}' is not a worker count: give a number from 1 to 64"
+            "'{s}' is not a worker count: give auto or a number from 0 to 64"
         )),
     }
 }
@@ -90,11 +107,16 @@ impl Cli {
             disks,
             io_mode: self.io_mode,
             poll_us: self.poll_us,
+            poll_in_flight: self.poll_in_flight,
             workers: self.workers,
             trace: self.trace,
             metrics: self.metrics,
             metrics_interval_secs: self.metrics_interval,
             seccomp: self.seccomp,
+            cpu_affinity: match &self.cpu_affinity {
+                Some(a) => CpuAffinity::parse(a)?,
+                None => CpuAffinity::default(),
+            },
         };
         config.check()?;
         Ok(config)
@@ -116,7 +138,7 @@ mod tests {
         assert_eq!(cli.cpus, 1);
         assert_eq!(cli.io_mode, IoMode::Workers);
         assert_eq!(cli.poll_us, DEFAULT_POLL_US);
-        assert_eq!(cli.workers, DEFAULT_WORKERS);
+        assert_eq!(cli.workers, WorkerCount::Auto);
         assert!(cli.trace.is_none() && cli.metrics.is_none());
         assert_eq!(cli.metrics_interval, 0);
         assert!(cli.disk.is_empty());
@@ -159,11 +181,16 @@ mod tests {
             "2",
         ])
         .unwrap();
-        assert_eq!(cli.workers, 4);
+        assert_eq!(cli.workers, WorkerCount::Count(4));
         assert_eq!(cli.trace.as_deref(), Some(std::path::Path::new("t.json")));
         assert_eq!(cli.metrics.as_deref(), Some(std::path::Path::new("m.json")));
         assert_eq!(cli.metrics_interval, 2);
-        assert!(parse(&["--kernel", "k", "--workers", "0"]).is_err());
+        assert_eq!(
+            parse(&["--kernel", "k", "--workers", "0"]).unwrap().workers,
+            WorkerCount::Count(0)
+        );
+        assert!(parse(&["--kernel", "k", "--workers", "65"]).is_err());
+        assert!(parse(&["--kernel", "k", "--workers", "many"]).is_err());
         assert!(parse(&["--kernel", "k", "--metrics-interval", "2"]).is_err());
     }
 

@@ -33,8 +33,10 @@ pub struct VmConfig {
     pub io_mode: IoMode,
     /// How long a polling thread spins before it sleeps, in microseconds.
     pub poll_us: u32,
+    /// Whether a polling thread keeps polling while requests are in flight.
+    pub poll_in_flight: bool,
     /// Worker threads per disk in `IoMode::Workers`.
-    pub workers: usize,
+    pub workers: WorkerCount,
     /// Where to write the request trace (Chrome trace-event JSON) at exit.
     pub trace: Option<PathBuf>,
     /// Where to write the device metrics (JSON).
@@ -43,6 +45,36 @@ pub struct VmConfig {
     pub metrics_interval_secs: u64,
     /// Seccomp filters for the VMM's threads.
     pub seccomp: crate::seccomp::SeccompMode,
+    /// Where the vCPU and I/O threads may run.
+    pub cpu_affinity: crate::affinity::CpuAffinity,
+}
+
+/// How many pool workers each disk gets in `IoMode::Workers` (`--workers auto|N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerCount {
+    /// The cores left after the vCPUs and the queue threads, shared between the disks
+    /// (0 when none is left: every request then runs on its queue's thread).
+    Auto,
+    /// Exactly this many.
+    Count(usize),
+}
+
+impl WorkerCount {
+    /// The pool size per disk on a host with `cores` cores running `busy` threads that keep
+    /// a core each (vCPUs, queue threads) for `disks` disks.
+    ///
+    /// ```
+    /// use vmm::config::WorkerCount;
+    /// assert_eq!(WorkerCount::Auto.resolve(2, 2, 1), 0);
+    /// assert_eq!(WorkerCount::Auto.resolve(8, 3, 2), 2);
+    /// assert_eq!(WorkerCount::Count(4).resolve(2, 2, 1), 4);
+    /// ```
+    pub fn resolve(self, cores: usize, busy: usize, disks: usize) -> usize {
+        match self {
+            WorkerCount::Auto => cores.saturating_sub(busy) / disks.max(1),
+            WorkerCount::Count(n) => n,
+        }
+    }
 }
 
 /// A rejected option value. The message names the problem and the fix.
@@ -77,6 +109,9 @@ pub enum ConfigError {
         /// What the user can do about it.
         fix: &'static str,
     },
+    /// A `--cpu-affinity` value that does not parse.
+    #[error("--cpu-affinity {0} is invalid: {1} (e.g. --cpu-affinity vcpu=0,io=1)")]
+    CpuAffinity(String, String),
     /// The kernel command line does not fit the page reserved for it.
     #[error("--cmdline is {0} bytes long: keep it under 4096 bytes")]
     CmdlineTooLong(usize),

@@ -27,6 +27,7 @@
 
 #![deny(missing_docs)]
 
+pub mod affinity;
 pub mod boot;
 pub mod cli;
 pub mod config;
@@ -196,7 +197,7 @@ fn start(config: &VmConfig) -> Result<Running> {
         ),
         _ => None,
     };
-    let threads = VcpuThreads::start(vcpus)?;
+    let threads = VcpuThreads::start(vcpus, config.cpu_affinity.vcpu.clone())?;
     Ok(Running {
         _vm: vm,
         platform,
@@ -258,14 +259,16 @@ pub fn attach_disks(
     let mut bars = platform.bars.clone();
     let iothread = if config.io_mode.properties().shared_loop {
         Some(Arc::new(
-            virtio_blk::shared_loop(platform.vm_lock.clone()).map_err(|source| Error::Thread {
-                what: "the I/O thread",
-                source,
-            })?,
+            virtio_blk::shared_loop(platform.vm_lock.clone(), config.cpu_affinity.io.clone())
+                .map_err(|source| Error::Thread {
+                    what: "the I/O thread",
+                    source,
+                })?,
         ))
     } else {
         None
     };
+    let workers = pool_workers(config);
     let mut all_metrics = Vec::with_capacity(config.disks.len());
     for (index, disk) in config.disks.iter().enumerate() {
         let metrics = Arc::new(DeviceMetrics::new(&disk.path.display().to_string()));
@@ -277,7 +280,9 @@ pub fn attach_disks(
             bar0_addr: bars.allocate(pci_transport::virtio_pci::layout::BAR_SIZE)?,
             io_mode: config.io_mode,
             poll_us: config.poll_us,
-            workers: config.workers,
+            poll_in_flight: config.poll_in_flight,
+            workers,
+            io_cpus: config.cpu_affinity.io.clone(),
             iothread: iothread.clone(),
             tracer: tracer.clone(),
             device_index: index,
@@ -297,4 +302,20 @@ pub fn attach_disks(
         hooks.register("the I/O thread", move || io.stop());
     }
     Ok(all_metrics)
+}
+
+/// Pool workers per disk: `--workers`, with `auto` resolved against the host's cores, the
+/// vCPUs and, in a mode with a thread per queue, the queue threads.
+fn pool_workers(config: &VmConfig) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let queue_threads = if config.io_mode.properties().thread_per_queue {
+        config.disks.iter().map(|d| usize::from(d.queues)).sum()
+    } else {
+        0
+    };
+    config.workers.resolve(
+        cores,
+        usize::from(config.cpus) + queue_threads,
+        config.disks.len(),
+    )
 }

@@ -203,14 +203,18 @@ pub struct VcpuThreads {
 }
 
 impl VcpuThreads {
-    /// Starts one thread per vCPU.
-    pub fn start(vcpus: Vec<Vcpu>) -> Result<Self> {
+    /// Starts one thread per vCPU, pinned to `cpus` when given.
+    pub fn start(vcpus: Vec<Vcpu>, cpus: Option<Vec<usize>>) -> Result<Self> {
         let mut handles = Vec::with_capacity(vcpus.len());
         for v in vcpus {
             let name = format!("vcpu{}", v.index);
+            let cpus = cpus.clone();
             let h = std::thread::Builder::new()
                 .name(name)
                 .spawn(move || {
+                    if let Some(cpus) = &cpus {
+                        crate::affinity::pin_current_thread(cpus);
+                    }
                     crate::seccomp::apply_thread(crate::seccomp::ThreadKind::Vcpu);
                     v.run()
                 })

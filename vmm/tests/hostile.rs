@@ -154,7 +154,9 @@ impl Rig {
                 .expect("canary fill");
         }
         let iothread = (mode == IoMode::Iothread).then(|| {
-            Arc::new(vmm::virtio_blk::shared_loop(Arc::new(Mutex::new(()))).expect("I/O thread"))
+            Arc::new(
+                vmm::virtio_blk::shared_loop(Arc::new(Mutex::new(())), None).expect("I/O thread"),
+            )
         });
         let ctx = DeviceContext {
             vm: vm.clone(),
@@ -163,11 +165,13 @@ impl Rig {
             bar0_addr: BAR0,
             io_mode: mode,
             poll_us: 50,
+            poll_in_flight: true,
             workers: 2,
             iothread: iothread.clone(),
             tracer: None,
             device_index: 0,
             metrics: Arc::new(vmm::metrics::DeviceMetrics::new("hostile")),
+            io_cpus: None,
         };
         let engine = match mode {
             IoMode::Vcpu => EngineKind::Sync,
@@ -182,6 +186,7 @@ impl Rig {
             queue_size: QSIZE,
             serial: "hostile".into(),
             fault: None,
+            merge: true,
         };
         let dev = VirtioBlkPci::new(&cfg, ctx).expect("device");
         let layout = RingLayout::new(QSIZE).expect("layout");

@@ -38,6 +38,7 @@ impl PerQueueLoops {
             let l = EventLoop::start(LoopOptions {
                 name: format!("{}-q{index}", serve.thread_name),
                 poll_us,
+                poll_in_flight: serve.poll_in_flight,
                 lock: None,
                 hook: serve.hook.clone(),
             });

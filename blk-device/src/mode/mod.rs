@@ -77,6 +77,8 @@ pub struct ModeProperties {
     pub vm_lock: bool,
     /// The VM runs one shared event loop that serves every disk's queues.
     pub shared_loop: bool,
+    /// Each queue has a serving thread of its own (which may keep a core busy polling).
+    pub thread_per_queue: bool,
     /// The engine requests run on.
     pub engine: EngineRule,
     /// Starts serving a device's queues.
@@ -88,6 +90,7 @@ pub const MODES: [ModeProperties; 4] = [
     ModeProperties {
         mode: IoMode::Vcpu,
         name: "vcpu",
+        thread_per_queue: false,
         ioeventfd: false,
         vm_lock: true,
         shared_loop: false,
@@ -97,6 +100,7 @@ pub const MODES: [ModeProperties; 4] = [
     ModeProperties {
         mode: IoMode::Iothread,
         name: "iothread",
+        thread_per_queue: false,
         ioeventfd: true,
         vm_lock: true,
         shared_loop: true,
@@ -106,6 +110,7 @@ pub const MODES: [ModeProperties; 4] = [
     ModeProperties {
         mode: IoMode::Dataplane,
         name: "dataplane",
+        thread_per_queue: true,
         ioeventfd: true,
         vm_lock: false,
         shared_loop: false,
@@ -115,6 +120,7 @@ pub const MODES: [ModeProperties; 4] = [
     ModeProperties {
         mode: IoMode::Workers,
         name: "workers",
+        thread_per_queue: true,
         ioeventfd: true,
         vm_lock: false,
         shared_loop: false,
@@ -216,6 +222,9 @@ pub struct ServeOptions {
     pub mode: IoMode,
     /// Busy-poll budget of a polling serving thread, in microseconds (0: never poll).
     pub poll_us: u32,
+    /// Whether a polling serving thread keeps polling while requests are in flight, across
+    /// the disk's latency ([`crate::poll::FlightPoll`]), instead of sleeping after `poll_us`.
+    pub poll_in_flight: bool,
     /// Worker threads of the pool (`workers` mode).
     pub workers: usize,
     /// The VM's shared loop (required by a mode whose row says `shared_loop`).
@@ -235,6 +244,7 @@ impl ServeOptions {
         ServeOptions {
             mode,
             poll_us: crate::poll::DEFAULT_POLL_US,
+            poll_in_flight: true,
             workers: crate::pool::DEFAULT_WORKERS,
             shared_loop: None,
             traces: Vec::new(),
@@ -303,7 +313,7 @@ impl Activation<'_> {
             .into_iter()
             .map(|setup| {
                 let engine = self.disk.engine(kind, engine_depth(setup.queue.size()))?;
-                Ok(self.served(setup, Box::new(Inline::new(engine))))
+                Ok(self.served(setup, Box::new(Inline::new(engine, self.disk.merge()))))
             })
             .collect()
     }

@@ -8,6 +8,7 @@ use blk_device::event_loop::{EventLoop, LoopOptions};
 use blk_device::mode::{IoMode, ServeOptions};
 use blk_device::threads::{ThreadHook, ThreadRole};
 
+use crate::affinity::pin_current_thread;
 use crate::interrupts::{InterruptError, MsiRouter};
 use crate::metrics::DeviceMetrics;
 use crate::seccomp::{apply_thread, ThreadKind};
@@ -28,6 +29,8 @@ pub struct DeviceContext {
     pub io_mode: IoMode,
     /// Busy-poll budget of a serving thread before it sleeps, in microseconds (0: never poll).
     pub poll_us: u32,
+    /// Keep polling while requests are in flight.
+    pub poll_in_flight: bool,
     /// Worker threads of the device's pool (`IoMode::Workers`).
     pub workers: usize,
     /// The event loop shared by every disk (modes whose row says `shared_loop`).
@@ -38,6 +41,8 @@ pub struct DeviceContext {
     pub device_index: usize,
     /// The device's counters.
     pub metrics: Arc<DeviceMetrics>,
+    /// CPUs the device's threads are pinned to (`--cpu-affinity io=`).
+    pub io_cpus: Option<Vec<usize>>,
 }
 
 impl DeviceContext {
@@ -58,11 +63,13 @@ impl DeviceContext {
             bar0_addr,
             io_mode,
             poll_us: defaults.poll_us,
+            poll_in_flight: defaults.poll_in_flight,
             workers: defaults.workers,
             iothread: None,
             tracer: None,
             device_index: 0,
             metrics: Arc::new(DeviceMetrics::new("virtio-blk")),
+            io_cpus: None,
         }
     }
 
@@ -71,6 +78,7 @@ impl DeviceContext {
         ServeOptions {
             mode: self.io_mode,
             poll_us: self.poll_us,
+            poll_in_flight: self.poll_in_flight,
             workers: self.workers,
             shared_loop: self.iothread.clone(),
             traces: (0..queues)
@@ -80,15 +88,19 @@ impl DeviceContext {
                         .map_or_else(Default::default, |t| t.queue(self.device_index, q))
                 })
                 .collect(),
-            hook: seccomp_hook(),
+            hook: thread_hook(self.io_cpus.clone()),
             thread_name: "vblk".into(),
         }
     }
 }
 
-/// Confines every thread the device model starts to its seccomp allowlist.
-fn seccomp_hook() -> ThreadHook {
-    ThreadHook::new(|role| {
+/// Pins every thread the device model starts to `cpus` (when given), then confines it to its
+/// seccomp allowlist.
+fn thread_hook(cpus: Option<Vec<usize>>) -> ThreadHook {
+    ThreadHook::new(move |role| {
+        if let Some(cpus) = &cpus {
+            pin_current_thread(cpus);
+        }
         apply_thread(match role {
             ThreadRole::Queue => ThreadKind::Device,
             ThreadRole::Worker => ThreadKind::Worker,
@@ -97,13 +109,14 @@ fn seccomp_hook() -> ThreadHook {
 }
 
 /// The VM's one shared event loop (`IoMode::Iothread`): serves every disk's queues under
-/// `vm_lock`, never polling.
-pub fn shared_loop(vm_lock: Arc<Mutex<()>>) -> io::Result<EventLoop> {
+/// `vm_lock`, never polling; pinned to `cpus` when given.
+pub fn shared_loop(vm_lock: Arc<Mutex<()>>, cpus: Option<Vec<usize>>) -> io::Result<EventLoop> {
     EventLoop::start(LoopOptions {
         name: "iothread".into(),
         poll_us: 0,
+        poll_in_flight: false,
         lock: Some(vm_lock),
-        hook: seccomp_hook(),
+        hook: thread_hook(cpus),
     })
 }
 

@@ -61,8 +61,8 @@ fn device(
     ctx.poll_us = 20;
     if io_mode == IoMode::Iothread {
         // The VM's shared loop, as `attach_disks` builds it.
-        let io =
-            crate::virtio_blk::shared_loop(Arc::new(std::sync::Mutex::new(()))).expect("iothread");
+        let io = crate::virtio_blk::shared_loop(Arc::new(std::sync::Mutex::new(())), None)
+            .expect("iothread");
         ctx.iothread = Some(Arc::new(io));
     }
     let cfg = DiskConfig {
@@ -74,6 +74,7 @@ fn device(
         queue_size: QSIZE,
         serial: SERIAL.to_string(),
         fault: None,
+        merge: true,
     };
     (VirtioBlkPci::new(&cfg, ctx).expect("device"), mem)
 }

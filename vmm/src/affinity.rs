@@ -1,0 +1,105 @@
+//! `--cpu-affinity`: which host CPUs the vCPU threads and the I/O threads may run on.
+//!
+//! On a small host a polling vCPU and a polling queue thread each want a core; pinning them to
+//! different ones keeps the scheduler from stacking them on one core while the other idles.
+
+use crate::config::ConfigError;
+
+/// The CPU sets of the VMM's thread kinds; `None` leaves a kind wherever the host puts it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CpuAffinity {
+    /// CPUs for vCPU threads.
+    pub vcpu: Option<Vec<usize>>,
+    /// CPUs for queue threads, pool workers and the shared I/O thread.
+    pub io: Option<Vec<usize>>,
+}
+
+/// CPUs above this are refused (the kernel's `cpu_set_t` holds 1024).
+const MAX_CPU: usize = 1023;
+
+impl CpuAffinity {
+    /// Parses `vcpu=LIST,io=LIST`, a LIST being CPU numbers and ranges joined by `:`
+    /// (`0`, `1-3`, `0:2-3`).
+    ///
+    /// ```
+    /// use vmm::affinity::CpuAffinity;
+    /// let a = CpuAffinity::parse("vcpu=0,io=1-2").unwrap();
+    /// assert_eq!((a.vcpu, a.io), (Some(vec![0]), Some(vec![1, 2])));
+    /// assert!(CpuAffinity::parse("vcpu=x").is_err());
+    /// ```
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        let bad = |why: &str| ConfigError::CpuAffinity(s.to_string(), why.to_string());
+        let mut a = CpuAffinity::default();
+        for item in s.split(',').filter(|i| !i.is_empty()) {
+            let (key, list) = item
+                .split_once('=')
+                .ok_or_else(|| bad("items are key=LIST"))?;
+            let cpus = parse_list(list)
+                .ok_or_else(|| bad("a LIST is CPU numbers or ranges joined by ':'"))?;
+            let slot = match key {
+                "vcpu" => &mut a.vcpu,
+                "io" => &mut a.io,
+                _ => return Err(bad("the keys are vcpu and io")),
+            };
+            if slot.replace(cpus).is_some() {
+                return Err(bad("a key is given twice"));
+            }
+        }
+        Ok(a)
+    }
+}
+
+fn parse_list(list: &str) -> Option<Vec<usize>> {
+    let mut cpus: Vec<usize> = Vec::new();
+    for part in list.split(':') {
+        let (lo, hi): (usize, usize) = match part.split_once('-') {
+            Some((lo, hi)) => (lo.parse().ok()?, hi.parse().ok()?),
+            None => {
+                let n = part.parse().ok()?;
+                (n, n)
+            }
+        };
+        if lo > hi || hi > MAX_CPU {
+            return None;
+        }
+        cpus.extend(lo..=hi);
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    (!cpus.is_empty()).then_some(cpus)
+}
+
+/// Pins the calling thread to `cpus`; a failure (a CPU the host lacks) is reported once per
+/// thread and otherwise ignored: the thread runs unpinned.
+pub fn pin_current_thread(cpus: &[usize]) {
+    // SAFETY: an all-zero cpu_set_t is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus {
+        // SAFETY: `c` is at most MAX_CPU, inside the set's 1024 bits.
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    // SAFETY: pid 0 is this thread; the set is a valid cpu_set_t of the size passed.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        eprintln!(
+            "vmm: cannot pin a thread to CPUs {cpus:?}: {}; it runs unpinned",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_and_errors() {
+        assert_eq!(parse_list("0:2-3"), Some(vec![0, 2, 3]));
+        assert_eq!(parse_list("3-1"), None);
+        assert_eq!(parse_list("1024"), None);
+        assert_eq!(parse_list(""), None);
+        assert!(CpuAffinity::parse("vcpu=0,vcpu=1").is_err());
+        assert!(CpuAffinity::parse("gpu=0").is_err());
+        assert_eq!(CpuAffinity::parse("").unwrap(), CpuAffinity::default());
+    }
+}
