@@ -45,7 +45,8 @@ pub struct Cli {
     /// Whether a polling thread keeps polling while requests are in flight (across the disk's
     /// latency, for about twice the completion time it measures) instead of sleeping after
     /// --poll-us.
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off,
+          action = clap::ArgAction::Set)]
     pub poll_in_flight: bool,
     /// Pool worker threads per disk with --io-mode workers: `auto` gives each disk a share of
     /// the cores left after the vCPUs and the queue threads (0 when none is left: every

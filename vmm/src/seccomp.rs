@@ -551,6 +551,9 @@ fn thread_start(r: &mut Rules) -> Result<(), BackendError> {
         0,
         &[libc::PR_SET_NAME as u64, libc::PR_SET_NO_NEW_PRIVS as u64],
     )?;
+    // A new thread pins itself (`--cpu-affinity`) before installing its own filter, under the
+    // one it inherited from its starter; pid 0 is the calling thread only.
+    r.allow_values(libc::SYS_sched_setaffinity, 0, &[0])?;
     r.allow_values(
         libc::SYS_seccomp,
         0,
