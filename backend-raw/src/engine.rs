@@ -168,6 +168,20 @@ pub trait Engine: Send {
     /// epoll again.
     fn drain_completion_fd(&self) {}
 
+    /// Registers `regions` of memory that requests' buffers will come from (a VMM's guest
+    /// RAM), so that a read or write whose one buffer lies inside a region skips the kernel's
+    /// per-request mapping of its pages (io_uring fixed buffers). Returns whether the engine
+    /// will use them; the default, for engines without such a notion, registers nothing.
+    /// A failure (for example the locked-memory limit) leaves the engine working as before.
+    ///
+    /// # Safety
+    ///
+    /// The regions must stay mapped until the engine is dropped.
+    unsafe fn register_memory(&mut self, regions: &[libc::iovec]) -> Result<bool, Error> {
+        let _ = regions;
+        Ok(false)
+    }
+
     /// Requests submitted and not yet reaped.
     fn in_flight(&self) -> usize;
 

@@ -185,6 +185,11 @@ impl Engine for FaultEngine {
         self.inner.completion_fd()
     }
 
+    unsafe fn register_memory(&mut self, regions: &[libc::iovec]) -> Result<bool, Error> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.inner.register_memory(regions) }
+    }
+
     fn drain_completion_fd(&self) {
         self.inner.drain_completion_fd();
     }

@@ -53,6 +53,8 @@ pub(crate) struct UringEngine {
     in_kernel: usize,
     depth: usize,
     eventfd: OwnedFd,
+    /// Registered buffers, `(host address, length)` by buffer index.
+    fixed: Vec<(usize, usize)>,
 }
 
 // SAFETY: the raw pointers in the slots and in `blocking` describe memory the caller of
@@ -107,6 +109,7 @@ impl UringEngine {
             in_kernel: 0,
             depth,
             eventfd,
+            fixed: Vec::new(),
         })
     }
 
@@ -152,6 +155,9 @@ impl UringEngine {
                 // SAFETY: the iovecs are readable (caller); the bounce buffer is the slot's.
                 unsafe { bounce::gather(iovecs, 0, slot.bounce.slice_mut(len as usize)) };
             }
+        }
+        if let Some(entry) = fixed_entry(&self.fixed, op, iovecs, bounced) {
+            return Ok(entry.user_data(u64::from(index)));
         }
         let (iov_ptr, iov_cnt) = match bounced {
             true => (&slot.bounce_iov as *const libc::iovec, 1),
@@ -230,6 +236,41 @@ impl UringEngine {
     }
 }
 
+/// Most bytes one registered buffer may span (the kernel's limit).
+const MAX_FIXED_BUFFER: usize = 1 << 30;
+
+/// The SQE of a read or write whose one buffer lies inside a registered buffer
+/// (`READ_FIXED`/`WRITE_FIXED`: the kernel skips mapping its pages per request); `None` for
+/// every other request, which then goes as `READV`/`WRITEV`.
+fn fixed_entry(
+    fixed: &[(usize, usize)],
+    op: IoOp,
+    iovecs: &[libc::iovec],
+    bounced: bool,
+) -> Option<squeue::Entry> {
+    let [iov] = iovecs else {
+        return None;
+    };
+    if bounced {
+        return None;
+    }
+    let (start, len) = (iov.iov_base as usize, iov.iov_len);
+    let index = fixed
+        .iter()
+        .position(|&(base, size)| start >= base && start + len <= base + size)?;
+    let (index, len32) = (u16::try_from(index).ok()?, u32::try_from(len).ok()?);
+    let buf = iov.iov_base.cast::<u8>();
+    Some(match op {
+        IoOp::Read { offset } => opcode::ReadFixed::new(FIXED_FILE, buf, len32, index)
+            .offset(offset)
+            .build(),
+        IoOp::Write { offset } => opcode::WriteFixed::new(FIXED_FILE, buf, len32, index)
+            .offset(offset)
+            .build(),
+        _ => return None,
+    })
+}
+
 /// Turns a CQE's result into the request's completion, finishing the request with
 /// blocking calls where the kernel could not.
 ///
@@ -265,6 +306,33 @@ unsafe fn finish(slot: &mut Slot, blocking: &mut BlockingIo, res: i32) -> Result
 }
 
 impl Engine for UringEngine {
+    unsafe fn register_memory(&mut self, regions: &[libc::iovec]) -> Result<bool, Error> {
+        let mut chunks = Vec::new();
+        for r in regions {
+            let mut at = 0;
+            while at < r.iov_len {
+                let len = (r.iov_len - at).min(MAX_FIXED_BUFFER);
+                chunks.push(libc::iovec {
+                    iov_base: r.iov_base.cast::<u8>().wrapping_add(at).cast(),
+                    iov_len: len,
+                });
+                at += len;
+            }
+        }
+        if chunks.is_empty() || chunks.len() > usize::from(u16::MAX) {
+            return Ok(false);
+        }
+        // SAFETY: the caller keeps the regions mapped until the engine (and its ring, which
+        // unregisters them when it closes) is dropped.
+        unsafe { self.ring.submitter().register_buffers(&chunks) }
+            .map_err(|source| Error::UringSetup { source })?;
+        self.fixed = chunks
+            .iter()
+            .map(|c| (c.iov_base as usize, c.iov_len))
+            .collect();
+        Ok(true)
+    }
+
     unsafe fn submit(
         &mut self,
         op: IoOp,

@@ -35,6 +35,8 @@ pub struct DiskConfig {
     pub fault: Option<FaultSpec>,
     /// Merge adjacent reads or writes of one batch into one host I/O (`merge=on|off`).
     pub merge: bool,
+    /// Register guest memory with io_uring (`fixed-buffers=on|off`).
+    pub fixed_buffers: bool,
 }
 
 /// A rejected `--disk` value. The message names the problem and the fix.
@@ -44,7 +46,7 @@ pub enum DiskConfigError {
     #[error("--disk item '{0}' is not key=value: write e.g. --disk path=disk.img,readonly=on")]
     DiskSyntax(String),
     /// A `--disk` key we do not know.
-    #[error("--disk has unknown key '{0}': use path, readonly, direct, engine, queues, queue-size, serial, fault or merge")]
+    #[error("--disk has unknown key '{0}': use path, readonly, direct, engine, queues, queue-size, serial, fault, merge or fixed-buffers")]
     DiskUnknownKey(String),
     /// A `--disk` key given twice.
     #[error("--disk key '{0}' is given twice: keep one")]
@@ -125,6 +127,7 @@ impl DiskConfig {
             serial: String::new(),
             fault: None,
             merge: true,
+            fixed_buffers: true,
         };
         for item in s.split(',').filter(|i| !i.is_empty()) {
             let (key, value) = item
@@ -139,6 +142,7 @@ impl DiskConfig {
                 "readonly" => cfg.readonly = parse_switch("readonly", value)?,
                 "direct" => cfg.direct = parse_switch("direct", value)?,
                 "merge" => cfg.merge = parse_switch("merge", value)?,
+                "fixed-buffers" => cfg.fixed_buffers = parse_switch("fixed-buffers", value)?,
                 "engine" => {
                     cfg.engine = match value {
                         "sync" => EngineKind::Sync,

@@ -5,6 +5,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use backend_raw::{Disk, DiskOptions, Engine, EngineKind, FaultSpec, IoOp};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 
 use crate::config::DiskConfig;
 use crate::error::DeviceError;
@@ -18,6 +19,7 @@ pub struct OpenDisk {
     /// Faults injected into every engine of this disk (`fault=`).
     fault: Option<FaultSpec>,
     merge: bool,
+    fixed_buffers: bool,
 }
 
 impl OpenDisk {
@@ -40,6 +42,7 @@ impl OpenDisk {
             engine: cfg.engine,
             fault: cfg.fault.clone(),
             merge: cfg.merge,
+            fixed_buffers: cfg.fixed_buffers,
         })
     }
 
@@ -76,6 +79,41 @@ impl OpenDisk {
         if let Some(e) = fallback {
             eprintln!(
                 "virtio-blk {}: {e}; using the sync engine",
+                self.path.display()
+            );
+        }
+        Ok(engine)
+    }
+
+    /// An engine as [`engine`](Self::engine) builds it, with guest memory `mem` registered
+    /// (io_uring fixed buffers, `fixed-buffers=on`); a failure to register is logged and the
+    /// engine works without.
+    pub fn engine_over(
+        &self,
+        kind: EngineKind,
+        depth: usize,
+        mem: &GuestMemoryMmap,
+    ) -> Result<Box<dyn Engine>, DeviceError> {
+        let mut engine = self.engine(kind, depth)?;
+        if !self.fixed_buffers || engine.kind() != EngineKind::IoUring {
+            return Ok(engine);
+        }
+        let regions: Vec<libc::iovec> = mem
+            .iter()
+            .filter_map(|r| {
+                let base = r.get_host_address(MemoryRegionAddress(0)).ok()?;
+                Some(libc::iovec {
+                    iov_base: base.cast(),
+                    iov_len: usize::try_from(r.len()).ok()?,
+                })
+            })
+            .collect();
+        // SAFETY: guest RAM stays mapped for the VM's life, which outlasts every engine of
+        // its devices (engines are dropped when the device stops serving).
+        if let Err(e) = unsafe { engine.register_memory(&regions) } {
+            eprintln!(
+                "virtio-blk {}: cannot register guest memory with io_uring ({e}); requests \
+                 map their buffers one by one",
                 self.path.display()
             );
         }

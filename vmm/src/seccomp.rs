@@ -362,6 +362,7 @@ const KVM_SET_GSI_ROUTING: u64 = ioctl_expr(
 const BLKDISCARD: u64 = ioctl_expr(_IOC_NONE, 0x12, 119, 0) as u64;
 
 /// `io_uring_register` opcodes the io_uring engine uses when it builds its ring.
+const IORING_REGISTER_BUFFERS: u64 = 0;
 const IORING_REGISTER_FILES: u64 = 2;
 const IORING_REGISTER_EVENTFD: u64 = 4;
 
@@ -521,7 +522,11 @@ fn engine_setup(r: &mut Rules) -> Result<(), BackendError> {
     r.allow_values(
         libc::SYS_io_uring_register,
         1,
-        &[IORING_REGISTER_FILES, IORING_REGISTER_EVENTFD],
+        &[
+            IORING_REGISTER_BUFFERS,
+            IORING_REGISTER_FILES,
+            IORING_REGISTER_EVENTFD,
+        ],
     )
 }
 

@@ -187,6 +187,7 @@ impl Rig {
             serial: "hostile".into(),
             fault: None,
             merge: true,
+            fixed_buffers: true,
         };
         let dev = VirtioBlkPci::new(&cfg, ctx).expect("device");
         let layout = RingLayout::new(QSIZE).expect("layout");

@@ -312,7 +312,8 @@ impl Activation<'_> {
         std::mem::take(&mut self.queues)
             .into_iter()
             .map(|setup| {
-                let engine = self.disk.engine(kind, engine_depth(setup.queue.size()))?;
+                let depth = engine_depth(setup.queue.size());
+                let engine = self.disk.engine_over(kind, depth, &self.mem)?;
                 Ok(self.served(setup, Box::new(Inline::new(engine, self.disk.merge()))))
             })
             .collect()

@@ -45,7 +45,7 @@ pub fn start(mut act: Activation<'_>) -> Result<Box<dyn Serving>, DeviceError> {
     let depth = engine_depth(u16::try_from(requests).unwrap_or(u16::MAX));
     let kind = act.engine_kind();
     let engines = (0..act.serve.workers)
-        .map(|_| act.disk.engine(kind, depth))
+        .map(|_| act.disk.engine_over(kind, depth, &act.mem))
         .collect::<Result<Vec<_>, _>>()?;
     let traces = (0..=sizes.iter().map(|s| s.0).max().unwrap_or(0))
         .map(|q| act.trace(q))
@@ -62,7 +62,9 @@ pub fn start(mut act: Activation<'_>) -> Result<Box<dyn Serving>, DeviceError> {
     .map_err(thread_err)?;
     let mut queues = Vec::with_capacity(setups.len());
     for (setup, link) in setups.into_iter().zip(links) {
-        let engine = act.disk.engine(kind, engine_depth(setup.queue.size()))?;
+        let engine = act
+            .disk
+            .engine_over(kind, engine_depth(setup.queue.size()), &act.mem)?;
         let inline = Inline::new(engine, act.disk.merge());
         queues.push(act.served(setup, Box::new(Handoff::new(inline, kind, link))));
     }

@@ -75,6 +75,7 @@ fn device(
         serial: SERIAL.to_string(),
         fault: None,
         merge: true,
+        fixed_buffers: true,
     };
     (VirtioBlkPci::new(&cfg, ctx).expect("device"), mem)
 }
