@@ -731,7 +731,18 @@ pub fn legend_layout(names: &[&str], width: f64) -> Vec<(f64, usize)> {
 /// `chart.svg`: grouped bars per workload, IOPS as a percentage of bare metal, with the
 /// min-max range of the repeats as a whisker.
 pub fn chart_svg(results: &Results) -> String {
-    let systems = system_names();
+    let all = system_names();
+    // Only the systems that ran, each in the colour of its place among all systems, so a
+    // system looks the same in every chart.
+    let systems: Vec<&str> = all
+        .iter()
+        .copied()
+        .filter(|s| results.points.keys().any(|(_, x)| x == s))
+        .collect();
+    let color_of = |system: &str| {
+        let i = all.iter().position(|s| *s == system).unwrap_or(0);
+        COLORS[i % COLORS.len()]
+    };
     let cases: Vec<&Case> = CASES
         .iter()
         .filter(|c| results.points.keys().any(|(w, _)| w == c.name))
@@ -755,7 +766,10 @@ pub fn chart_svg(results: &Results) -> String {
     let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n");
     let _ = writeln!(s, "<rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>");
     let _ = writeln!(s, "<text x=\"{left}\" y=\"20\" font-size=\"14\">IOPS as % of bare metal (higher is better); whiskers: min-max of the repeats</text>");
-    let _ = writeln!(s, "<text x=\"{left}\" y=\"36\" fill=\"#555\">Bars above {scale:.0}% are cut at the top and labelled with their value; simple-* compare with bare metal's plain randread.</text>");
+    let _ = writeln!(s, "<text x=\"{left}\" y=\"36\" fill=\"#555\">The scale ends at {CHART_MAX_PCT:.0}% at most: a taller bar is cut at the top and labelled with its value. simple-* compare with bare metal's plain randread.</text>");
+    if !cases.iter().any(|c| baseline(results, c).is_some()) {
+        let _ = writeln!(s, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"14\">No bare-metal figures in this run: nothing to scale the bars by (add bare-metal-fio or bare-metal to --systems).</text>", left + (w - left - 20.0) / 2.0, top + plot_h / 2.0);
+    }
     let mut tick = 0.0;
     while tick <= scale {
         let y = y_of(tick);
@@ -772,7 +786,7 @@ pub fn chart_svg(results: &Results) -> String {
             let pct = 100.0 * p.median().iops / b.iops;
             let x = gx + si as f64 * bar_w;
             let y = y_of(pct);
-            let color = COLORS[si % COLORS.len()];
+            let color = color_of(system);
             let _ = writeln!(s, "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{color}\"><title>{system}: {pct:.0}%</title></rect>", bar_w - 2.0, top + plot_h - y);
             let mid = x + (bar_w - 2.0) / 2.0;
             let (min, max) = p.range();
@@ -800,10 +814,10 @@ pub fn chart_svg(results: &Results) -> String {
         );
     }
     let legend_top = top + plot_h + 34.0;
-    for (si, (system, (x, row))) in systems.iter().zip(legend).enumerate() {
+    for (system, (x, row)) in systems.iter().zip(legend) {
         let x = left + x;
         let y = legend_top + 18.0 * row as f64;
-        let _ = writeln!(s, "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{:.1}\" y=\"{:.1}\">{system}</text>", COLORS[si % COLORS.len()], x + 14.0, y + 9.0);
+        let _ = writeln!(s, "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{:.1}\" y=\"{:.1}\">{system}</text>", color_of(system), x + 14.0, y + 9.0);
     }
     s.push_str("</svg>\n");
     s
@@ -1024,6 +1038,17 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         // QEMU's simple bar (200%) runs off the 150% scale: cut and labelled.
         assert!(svg.contains(">200%</text>"), "{svg}");
+        // The legend names the systems that ran, and only those.
+        assert!(svg.contains(">vmm-default</text>") && !svg.contains(">vmm-vcpu</text>"));
+    }
+
+    #[test]
+    fn chart_without_bare_metal_says_why_it_is_empty() {
+        let mut r = sample();
+        r.points.retain(|(_, s), _| !is_bare_metal(s));
+        let svg = chart_svg(&r);
+        assert!(svg.contains("No bare-metal figures"), "{svg}");
+        assert!(!chart_svg(&sample()).contains("No bare-metal figures"));
     }
 
     #[test]
