@@ -6,10 +6,11 @@
 //!
 //! ```
 //! use guest_test_kernel::{Options, Completion};
-//! let o = Options::parse("tests=all bench=randread bs=4096 qd=32 secs=3 completion=irq");
+//! let o = Options::parse("tests=all bench=randread qd=32 completion=irq kick=always");
 //! assert_eq!(o.qd, 32);
 //! assert_eq!(o.completion, Completion::Irq);
 //! assert!(o.test_enabled("flush"));
+//! assert_eq!(o.driver().kick, guest_test_kernel::Kick::Always);
 //! ```
 #![no_std]
 #![deny(missing_docs)]
@@ -22,4 +23,6 @@ pub mod options;
 pub mod pattern;
 
 pub use histogram::Histogram;
-pub use options::{Completion, Options, OptionsError, Tests, Workload};
+pub use options::{
+    Completion, DriverOptions, Features, Kick, Options, OptionsError, Tests, Workload,
+};

@@ -35,6 +35,57 @@ impl Completion {
     }
 }
 
+/// Which features the driver accepts (`features=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Features {
+    /// Everything the driver knows and the device offers.
+    All,
+    /// `VIRTIO_F_VERSION_1` only: no EVENT_IDX, INDIRECT_DESC or MQ, as many simple guest
+    /// drivers do.
+    Minimal,
+}
+
+impl Features {
+    /// The word used on the command line and in the `RESULT` line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Features::All => "all",
+            Features::Minimal => "minimal",
+        }
+    }
+}
+
+/// When the driver notifies the device of new requests (`kick=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// When the device asks for it (`VIRTQ_USED_F_NO_NOTIFY`, or `avail_event` with
+    /// EVENT_IDX), once per batch.
+    Needed,
+    /// After every request, whatever the device asked: a simple driver's behaviour.
+    Always,
+}
+
+impl Kick {
+    /// The word used on the command line and in the `RESULT` line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Kick::Needed => "needed",
+            Kick::Always => "always",
+        }
+    }
+}
+
+/// How the driver behaves towards the device: the options [`Options`] hands to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DriverOptions {
+    /// How completions are found.
+    pub completion: Completion,
+    /// Which features are accepted.
+    pub features: Features,
+    /// When the device is notified.
+    pub kick: Kick,
+}
+
 /// The benchmark workload (`bench=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Workload {
@@ -145,6 +196,10 @@ pub struct Options<'a> {
     pub secs: u32,
     /// Completion mode for tests and benchmark.
     pub completion: Completion,
+    /// Features the driver accepts.
+    pub features: Features,
+    /// When the driver kicks.
+    pub kick: Kick,
     /// The disk's expected device ID (`GET_ID`), if given.
     pub serial: Option<&'a str>,
     /// Whether the disk must be read-only (`expect_ro=1`).
@@ -174,6 +229,8 @@ impl Default for Options<'_> {
             qd: 32,
             secs: 3,
             completion: Completion::Poll,
+            features: Features::All,
+            kick: Kick::Needed,
             serial: None,
             expect_ro: false,
             seed: None,
@@ -203,6 +260,15 @@ impl<'a> Options<'a> {
         cmdline
             .split_ascii_whitespace()
             .filter_map(move |w| scratch.apply(w).err())
+    }
+
+    /// The driver's behaviour: completion, features and kicks.
+    pub fn driver(&self) -> DriverOptions {
+        DriverOptions {
+            completion: self.completion,
+            features: self.features,
+            kick: self.kick,
+        }
     }
 
     /// Whether the self-test called `name` is selected.
@@ -249,6 +315,20 @@ impl<'a> Options<'a> {
                 self.completion = match value {
                     "poll" => Completion::Poll,
                     "irq" => Completion::Irq,
+                    _ => return Err(bad),
+                }
+            }
+            "features" => {
+                self.features = match value {
+                    "all" => Features::All,
+                    "minimal" => Features::Minimal,
+                    _ => return Err(bad),
+                }
+            }
+            "kick" => {
+                self.kick = match value {
+                    "needed" => Kick::Needed,
+                    "always" => Kick::Always,
                     _ => return Err(bad),
                 }
             }
@@ -323,6 +403,51 @@ mod tests {
         assert_eq!(o.serial, Some("abc"));
         assert!(o.expect_ro);
         assert_eq!(o.seed, Some(16));
+    }
+
+    #[test]
+    fn simple_driver_options() {
+        let d = Options::default().driver();
+        assert_eq!((d.features, d.kick), (Features::All, Kick::Needed));
+        let o = Options::parse("features=minimal kick=always completion=irq");
+        assert_eq!(
+            o.driver(),
+            DriverOptions {
+                completion: Completion::Irq,
+                features: Features::Minimal,
+                kick: Kick::Always,
+            }
+        );
+        assert_eq!(
+            Options::parse("features=all kick=needed"),
+            Options::default()
+        );
+        let line = "features=none kick=sometimes features= kick";
+        assert_eq!(Options::parse(line), Options::default());
+        let problems: std::vec::Vec<_> = Options::problems(line).collect();
+        assert_eq!(
+            problems,
+            [
+                OptionsError::BadValue {
+                    key: "features",
+                    value: "none"
+                },
+                OptionsError::BadValue {
+                    key: "kick",
+                    value: "sometimes"
+                },
+                OptionsError::BadValue {
+                    key: "features",
+                    value: ""
+                },
+                OptionsError::BadValue {
+                    key: "kick",
+                    value: ""
+                },
+            ]
+        );
+        assert_eq!(Features::Minimal.name(), "minimal");
+        assert_eq!(Kick::Always.name(), "always");
     }
 
     #[test]

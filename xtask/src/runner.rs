@@ -2,8 +2,9 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -18,6 +19,72 @@ pub struct RunOutput {
     pub guest_code: Option<i32>,
     /// Wall-clock time of the run.
     pub elapsed: Duration,
+    /// Host CPU time (user + system, all threads) the process used over its whole life.
+    pub cpu: Option<Duration>,
+    /// Host CPU time the process used while the guest benchmarked: from the guest's
+    /// [`BENCH_START`] line to its first `RESULT` line (boot and teardown left out).
+    pub bench_cpu: Option<Duration>,
+}
+
+/// The line the guest prints right before its benchmark starts.
+pub const BENCH_START: &str = "# bench: start";
+
+/// User + system time from the text of `/proc/<pid>/stat` (fields 14 and 15, in clock ticks).
+pub fn parse_proc_stat_cpu(stat: &str, ticks_per_sec: u64) -> Option<Duration> {
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    if ticks_per_sec == 0 {
+        return None;
+    }
+    Some(Duration::from_secs_f64(
+        (utime + stime) as f64 / ticks_per_sec as f64,
+    ))
+}
+
+/// CPU time used so far by process `pid` (all its threads, live and ended).
+fn process_cpu(pid: u32) -> Option<Duration> {
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_proc_stat_cpu(&stat, u64::try_from(ticks).ok()?)
+}
+
+/// User + system time of a `rusage`.
+fn rusage_cpu(usage: &libc::rusage) -> Duration {
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// CPU time used so far by the calling thread.
+pub fn thread_cpu() -> Option<Duration> {
+    // SAFETY: rusage is plain data; all-zero is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is valid for writes.
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) } != 0 {
+        return None;
+    }
+    Some(rusage_cpu(&usage))
+}
+
+/// Reaps child `pid` if it has ended (`block`: waits for it), returning its exit status and
+/// the CPU time it and its threads used.
+fn reap(pid: u32, block: bool) -> Result<Option<(ExitStatus, Duration)>, String> {
+    let mut raw = 0;
+    // SAFETY: rusage is plain data; all-zero is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let flags = if block { 0 } else { libc::WNOHANG };
+    // SAFETY: `raw` and `usage` are valid for writes; `pid` is our own unreaped child.
+    let r = unsafe { libc::wait4(pid as libc::pid_t, &mut raw, flags, &mut usage) };
+    match r {
+        0 => Ok(None),
+        r if r < 0 => Err(format!("wait4: {}", std::io::Error::last_os_error())),
+        _ => Ok(Some((ExitStatus::from_raw(raw), rusage_cpu(&usage)))),
+    }
 }
 
 /// Which virtual machine monitor runs the guest.
@@ -96,31 +163,41 @@ pub fn run_guest(
         .spawn()
         .map_err(|e| format!("cannot start {program}: {e}"))?;
     let stdout = child.stdout.take().ok_or("no stdout pipe")?;
+    let pid = child.id();
     let (tx, rx) = mpsc::channel();
     let reader = thread::spawn(move || {
         let mut all = String::new();
+        let (mut at_start, mut bench_cpu) = (None, None);
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
+            // Read while the process still runs: it ends shortly after its RESULT line.
+            if line.contains(BENCH_START) {
+                at_start = process_cpu(pid);
+            } else if bench_cpu.is_none() && line.contains("RESULT ") {
+                bench_cpu = at_start
+                    .zip(process_cpu(pid))
+                    .map(|(a, b)| b.saturating_sub(a));
+            }
             if echo {
                 println!("  | {line}");
             }
             all.push_str(&line);
             all.push('\n');
         }
-        let _ = tx.send(all);
+        let _ = tx.send((all, bench_cpu));
     });
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            break Some(status);
+    // Reaped with wait4 rather than `Child::wait`, for the rusage of the process.
+    let (status, cpu) = loop {
+        if let Some((status, cpu)) = reap(pid, false)? {
+            break (Some(status), Some(cpu));
         }
         if start.elapsed() > timeout {
             let _ = child.kill();
-            let _ = child.wait();
-            break None;
+            break (None, reap(pid, true)?.map(|(_, cpu)| cpu));
         }
         thread::sleep(Duration::from_millis(20));
     };
-    let stdout = rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
+    let (stdout, bench_cpu) = rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
     let _ = reader.join();
     let guest_code = status
         .and_then(|s| s.code())
@@ -132,6 +209,8 @@ pub fn run_guest(
         stdout,
         guest_code,
         elapsed: start.elapsed(),
+        cpu,
+        bench_cpu,
     })
 }
 
@@ -216,6 +295,34 @@ mod tests {
         assert_eq!(decode_exit(Peer::Qemu, 1), Some(0));
         assert_eq!(decode_exit(Peer::Qemu, 3), Some(1));
         assert_eq!(decode_exit(Peer::Qemu, 0), None);
+    }
+
+    #[test]
+    fn proc_stat_cpu_parses() {
+        let stat = "4242 (vmm (x) y) S 1 4242 4242 0 -1 4194560 1 0 0 0 250 50 0 0 20 0 5 0 99 \
+                    1000 10 18446744073709551615";
+        assert_eq!(parse_proc_stat_cpu(stat, 100), Some(Duration::from_secs(3)));
+        assert_eq!(parse_proc_stat_cpu(stat, 0), None);
+        assert_eq!(parse_proc_stat_cpu("4242 (vmm) S 1 2", 100), None);
+        assert_eq!(parse_proc_stat_cpu("garbage", 100), None);
+    }
+
+    #[test]
+    fn cpu_of_a_child_is_counted() {
+        // A child that burns some CPU: its rusage must show it (no figure asserted).
+        let cmd = {
+            let mut c = Command::new("sh");
+            c.args([
+                "-c",
+                "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo done",
+            ]);
+            c
+        };
+        let out = run_guest(cmd, Peer::Vmm, Duration::from_secs(60), false).unwrap();
+        assert_eq!(out.guest_code, Some(0));
+        assert_eq!(out.stdout, "done\n");
+        assert!(out.cpu.is_some_and(|c| c > Duration::ZERO), "{:?}", out.cpu);
+        assert_eq!(out.bench_cpu, None);
     }
 
     #[test]

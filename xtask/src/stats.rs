@@ -11,6 +11,10 @@ pub struct Summary {
     pub lat_p50_us: f64,
     /// 99th percentile latency in microseconds.
     pub lat_p99_us: f64,
+    /// Completed requests.
+    pub ios: u64,
+    /// Host CPU time (user + system) per completed request in microseconds, when measured.
+    pub cpu_us_per_io: Option<f64>,
 }
 
 impl Summary {
@@ -29,6 +33,8 @@ impl Summary {
             mib_s: bytes as f64 / secs / (1 << 20) as f64,
             lat_p50_us: pct(0.50),
             lat_p99_us: pct(0.99),
+            ios: ns.len() as u64,
+            cpu_us_per_io: None,
         }
     }
 }
@@ -42,6 +48,11 @@ pub fn median(values: &[f64]) -> f64 {
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
+}
+
+/// CPU time per I/O in microseconds; `None` without I/Os.
+pub fn cpu_us_per_io(cpu: std::time::Duration, ios: u64) -> Option<f64> {
+    (ios > 0).then(|| cpu.as_secs_f64() * 1e6 / ios as f64)
 }
 
 /// Spread of `values` as (max - min) / median, in percent; 0 for fewer than two values.
@@ -67,6 +78,10 @@ mod tests {
         assert_eq!(s.lat_p50_us, 50.0);
         assert_eq!(s.lat_p99_us, 99.0);
         assert!((s.mib_s - 0.1953125).abs() < 1e-9);
+        assert_eq!((s.ios, s.cpu_us_per_io), (100, None));
+        let cpu = std::time::Duration::from_millis(3);
+        assert_eq!(cpu_us_per_io(cpu, 100), Some(30.0));
+        assert_eq!(cpu_us_per_io(cpu, 0), None);
     }
 
     #[test]

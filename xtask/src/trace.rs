@@ -155,13 +155,9 @@ pub fn build(root: &Path) -> Result<(PathBuf, PathBuf), String> {
     Ok((build_guest(root)?, build_vmm(root)?))
 }
 
-/// The guest command line of a traced run of `case`.
+/// The guest command line of a traced run of `case`: the bench's, tracing.
 pub fn cmdline(case: &Case, secs: u32) -> String {
-    let w = &case.workload;
-    format!(
-        "tests=none bench={} bs={} qd={} secs={secs} completion=poll trace=1",
-        w.pattern, w.bs, w.qd
-    )
+    format!("{} trace=1", case.guest_cmdline(secs))
 }
 
 /// Runs `case` under `vmm --io-mode mode` with tracing; returns the mode's figures.

@@ -28,7 +28,12 @@ pub fn run(info: &crate::BootInfo) -> u32 {
     let seed = opts
         .seed
         .unwrap_or_else(|| mix64(crate::arch::tsc::rdtsc()));
-    crate::println!("# seed={seed:#x} completion={}", opts.completion.name());
+    crate::println!(
+        "# seed={seed:#x} completion={} features={} kick={}",
+        opts.completion.name(),
+        opts.features.name(),
+        opts.kick.name()
+    );
 
     let cam = PortCam;
     let Some(bdf) = find_disk(cam) else {
@@ -48,7 +53,7 @@ pub fn run(info: &crate::BootInfo) -> u32 {
         cam,
         bdf,
         info.free_mem_end,
-        opts.completion,
+        opts.driver(),
         MAX_QUEUES,
         false,
     ) {

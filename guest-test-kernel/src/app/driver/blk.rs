@@ -11,7 +11,7 @@ use blk_proto::features::{
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 use blk_proto::{OutHdr, RequestType, VirtioBlkConfig};
-use guest_test_kernel::Completion;
+use guest_test_kernel::{Completion, DriverOptions, Features, Kick};
 use virtqueue_core::{DriverError, DriverQueue, GuestMemory, RingLayout};
 use zerocopy::FromBytes;
 
@@ -144,6 +144,8 @@ struct BlkQueue {
     num_free_slots: u16,
     slot_of_head: [u16; QUEUE_SIZE_LIMIT as usize],
     tag_of_slot: [u64; QUEUE_SIZE_LIMIT as usize],
+    /// The avail index at the last kick decision: `kick=always` notifies whenever it moved.
+    kicked_avail: u16,
 }
 
 impl BlkQueue {
@@ -165,17 +167,17 @@ pub struct Blk {
     features: u64,
     offered: u64,
     config: VirtioBlkConfig,
-    completion: Completion,
+    driver: DriverOptions,
 }
 
 impl Blk {
     /// Resets and initializes the device at `bdf` (3.1.1 "Driver Requirements: Device
-    /// Initialization"), with up to `max_queues` request queues.
+    /// Initialization"), with up to `max_queues` request queues, behaving as `driver` says.
     pub fn init(
         cam: PortCam,
         bdf: Bdf,
         ram_end: u64,
-        completion: Completion,
+        driver: DriverOptions,
         max_queues: usize,
         quiet: bool,
     ) -> Result<Self, BlkError> {
@@ -188,7 +190,10 @@ impl Blk {
             dev.add_status(status::FAILED);
             return Err(BlkError::NotModern);
         }
-        let wanted = WANTED.iter().fold(0u64, |acc, b| acc | bit(*b));
+        let wanted = match driver.features {
+            Features::All => WANTED.iter().fold(0u64, |acc, b| acc | bit(*b)),
+            Features::Minimal => bit(VIRTIO_F_VERSION_1),
+        };
         let features = offered & wanted;
         if let Err(e) = dev.negotiate(features) {
             dev.add_status(status::FAILED);
@@ -212,7 +217,7 @@ impl Blk {
             features,
             offered,
             config,
-            completion,
+            driver,
         };
         let device_queues = if features & bit(VIRTIO_BLK_F_MQ) != 0 {
             usize::from(config.num_queues.get()).max(1)
@@ -226,7 +231,7 @@ impl Blk {
             blk.dev.set_config_vector(VIRTIO_MSI_NO_VECTOR);
             blk.dev
                 .enable_msix(crate::arch::apic::msi_address(), &vectors[..n])?;
-        } else if completion == Completion::Irq {
+        } else if driver.completion == Completion::Irq {
             return Err(TransportError::NoMsix.into());
         }
         for (q, vector) in vectors.iter().enumerate().take(n) {
@@ -278,7 +283,7 @@ impl Blk {
         let mut ring = DriverQueue::new(&self.mem, size, rings, self.has(VIRTIO_RING_F_EVENT_IDX))?;
         let hdrs = dma::alloc(32 * u64::from(size), 64).ok_or(BlkError::OutOfMemory)?;
         let tables = dma::alloc(TABLE_BYTES * u64::from(size), 64).ok_or(BlkError::OutOfMemory)?;
-        if self.completion == Completion::Poll {
+        if self.driver.completion == Completion::Poll {
             ring.disable_interrupts(&self.mem)?;
             // With EVENT_IDX the flag is ignored: park `used_event` where the used index
             // only arrives after wrapping (see `poll`).
@@ -296,6 +301,7 @@ impl Blk {
             num_free_slots: size,
             slot_of_head: [0; QUEUE_SIZE_LIMIT as usize],
             tag_of_slot: [0; QUEUE_SIZE_LIMIT as usize],
+            kicked_avail: 0,
         })
     }
 
@@ -339,7 +345,12 @@ impl Blk {
 
     /// How the driver learns of completions.
     pub fn completion(&self) -> Completion {
-        self.completion
+        self.driver.completion
+    }
+
+    /// How the driver behaves towards the device (for bringing it up again the same way).
+    pub fn driver(&self) -> DriverOptions {
+        self.driver
     }
 
     /// The most data segments one request may carry: our limit, the device's `seg_max`,
@@ -369,7 +380,8 @@ impl Blk {
             .map_or(0, |bq| usize::from(bq.ring.size() - bq.num_free_slots))
     }
 
-    /// Publishes `req` on queue `q` without notifying the device (see [`Blk::kick`]).
+    /// Publishes `req` on queue `q` without notifying the device (see [`Blk::kick`]), unless
+    /// the driver kicks after every request (`kick=always`).
     pub fn submit(&mut self, q: usize, req: &Request<'_>) -> Result<(), BlkError> {
         let max_segs = self.max_segments();
         let indirect = req.indirect && self.has(VIRTIO_RING_F_INDIRECT_DESC);
@@ -423,17 +435,26 @@ impl Blk {
             *s = slot;
         }
         bq.tag_of_slot[usize::from(slot)] = req.tag;
+        if self.driver.kick == Kick::Always {
+            self.kick(q);
+        }
         Ok(())
     }
 
     /// Notifies queue `q` if the device asked for it (2.7.10; with EVENT_IDX only when the
-    /// new requests crossed `avail_event`). Returns whether it notified.
+    /// new requests crossed `avail_event`), or with `kick=always` if any request was published
+    /// since the last kick. Returns whether it notified.
     pub fn kick(&mut self, q: usize) -> bool {
         let mem = self.mem;
+        let always = self.driver.kick == Kick::Always;
         let Some(bq) = self.queues.get_mut(q).and_then(|o| o.as_mut()) else {
             return false;
         };
-        let kick = bq.ring.should_kick(&mem);
+        // Asked even when ignored: it keeps the ring's record of what was kicked.
+        let asked = bq.ring.should_kick(&mem);
+        let fresh = bq.ring.avail_idx() != bq.kicked_avail;
+        bq.kicked_avail = bq.ring.avail_idx();
+        let kick = if always { fresh } else { asked };
         super::trace::on_kick(q, kick);
         if kick {
             VirtioPci::notify(bq.notify, bq.index);
@@ -444,7 +465,7 @@ impl Blk {
     /// Hands every completion already in queue `q`'s used ring to `f`; returns how many.
     pub fn poll(&mut self, q: usize, f: &mut impl FnMut(Done)) -> Result<usize, BlkError> {
         let mem = self.mem;
-        let completion = self.completion;
+        let completion = self.driver.completion;
         let event_idx = self.has(VIRTIO_RING_F_EVENT_IDX);
         let bq = self
             .queues
@@ -498,7 +519,7 @@ impl Blk {
             if n > 0 || self.total_in_flight() == 0 {
                 return Ok(n);
             }
-            match self.completion {
+            match self.driver.completion {
                 Completion::Poll => core::hint::spin_loop(),
                 Completion::Irq => self.wait_irq(deadline)?,
             }

@@ -135,6 +135,8 @@ pub fn run(
         Ok(())
     };
 
+    // The host measures its CPU time between this line and the RESULT line.
+    crate::println!("# bench: start");
     let start = rdtsc();
     let end = start + u64::from(opts.secs) * tsc_hz;
     for slot in 0..qd {
@@ -183,17 +185,20 @@ pub fn run(
     let iops = hist.count() as f64 / secs;
     let us = |ticks: u64| ticks as f64 * 1e6 / tsc_hz as f64;
     crate::println!(
-        "RESULT {{\"workload\":\"{}\",\"bs\":{},\"qd\":{},\"secs\":{},\"iops\":{:.0},\"mib_s\":{:.1},\"lat_p50_us\":{:.1},\"lat_p99_us\":{:.1},\"lat_max_us\":{:.1},\"completion\":\"{}\"}}",
+        "RESULT {{\"workload\":\"{}\",\"bs\":{},\"qd\":{},\"secs\":{},\"ios\":{},\"iops\":{:.0},\"mib_s\":{:.1},\"lat_p50_us\":{:.1},\"lat_p99_us\":{:.1},\"lat_max_us\":{:.1},\"completion\":\"{}\",\"features\":\"{}\",\"kick\":\"{}\"}}",
         workload.name(),
         bs,
         qd,
         opts.secs,
+        hist.count(),
         iops,
         iops * bs as f64 / (1024.0 * 1024.0),
         us(hist.percentile(50.0)),
         us(hist.percentile(99.0)),
         us(hist.max()),
         blk.completion().name(),
+        blk.driver().features.name(),
+        blk.driver().kick.name(),
     );
     if errors > 0 {
         fail!("{errors} of {} requests failed", hist.count());

@@ -452,7 +452,7 @@ pub fn run_mode(blk: &mut Blk, env: &Env<'_>, tally: &mut Tally) {
         env.cam,
         env.bdf,
         env.ram_end,
-        blk.completion(),
+        blk.driver(),
         MAX_QUEUES,
         true,
     )

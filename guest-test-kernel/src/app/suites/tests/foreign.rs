@@ -135,7 +135,7 @@ pub fn cross_check(
         fail!("our GET_ID status {status}");
     }
     let queues = blk.num_queues();
-    let completion = blk.completion();
+    let driver = blk.driver();
     blk.reset()?;
 
     // 2. Their driver on the same function.
@@ -188,7 +188,7 @@ pub fn cross_check(
     }
 
     // 3. Our driver again, from a reset.
-    *blk = Blk::init(cam, at, ram_end, completion, queues, true)?;
+    *blk = Blk::init(cam, at, ram_end, driver, queues, true)?;
     let (sector, check_seed) = if ro {
         (ours_sector, 0)
     } else {
