@@ -127,8 +127,13 @@ pub struct VmmSystem {
     pub name: &'static str,
     /// Options added to the VMM's command line.
     pub args: &'static [&'static str],
+    /// Keys added to the `--disk` option (each starting with `,`).
+    pub disk: &'static str,
     /// Run with `--trace` (and the guest's `trace=1`).
     pub traced: bool,
+    /// One change of the default turned off, to measure that change alone: run only when
+    /// named with `--systems`.
+    pub ablation: bool,
 }
 
 impl VmmSystem {
@@ -136,7 +141,25 @@ impl VmmSystem {
         VmmSystem {
             name,
             args,
+            disk: "",
             traced: false,
+            ablation: false,
+        }
+    }
+
+    /// The default VMM with one change turned off, through VMM options `args` and `--disk`
+    /// keys `disk`.
+    const fn without(
+        name: &'static str,
+        args: &'static [&'static str],
+        disk: &'static str,
+    ) -> Self {
+        VmmSystem {
+            name,
+            args,
+            disk,
+            traced: false,
+            ablation: true,
         }
     }
 
@@ -152,14 +175,31 @@ impl VmmSystem {
 /// more line. `vmm-default` adds nothing: what a user gets without tuning.
 /// `vmm-workers-traced` is `vmm-workers` with tracing: the price of tracing, shown beside
 /// the untraced run.
+/// `vmm-pinned` is the default with the vCPU and the I/O threads on different cores (this
+/// bench's hosts have two). The `vmm-default-*` systems each turn one change of the default
+/// off (the pool sized as before, polling across the disk's latency, request merging, fixed
+/// buffers), so that `--systems vmm-default,vmm-default-nomerge` measures that change alone.
 pub const VMM_SYSTEMS: &[VmmSystem] = &[
     VmmSystem::new("vmm-default", &[]),
+    VmmSystem::new("vmm-pinned", &["--cpu-affinity", "vcpu=0,io=1"]),
     VmmSystem::new("vmm-vcpu", &["--io-mode", "vcpu"]),
     VmmSystem::new("vmm-iothread", &["--io-mode", "iothread"]),
     VmmSystem::new("vmm-dataplane", &["--io-mode", "dataplane"]),
     VmmSystem::new("vmm-workers", &["--io-mode", "workers"]),
     VmmSystem::new("vmm-workers-traced", &["--io-mode", "workers"]).traced(),
+    VmmSystem::without("vmm-default-workers2", &["--workers", "2"], ""),
+    VmmSystem::without("vmm-default-noflight", &["--poll-in-flight", "off"], ""),
+    VmmSystem::without("vmm-default-nomerge", &[], ",merge=off"),
+    VmmSystem::without("vmm-default-nofixed", &[], ",fixed-buffers=off"),
 ];
+
+/// The systems a run without `--systems` measures: all but the one-change-off variants.
+pub fn default_system_names() -> Vec<&'static str> {
+    system_names()
+        .into_iter()
+        .filter(|s| !VMM_SYSTEMS.iter().any(|v| v.name == *s && v.ablation))
+        .collect()
+}
 
 /// Every system, in table order: bare metal, our VMM's, QEMU.
 pub fn system_names() -> Vec<&'static str> {
@@ -371,9 +411,10 @@ fn run_vmm(setup: &Setup, vmm: &VmmSystem, image: &Path, case: &Case) -> Result<
     }
     cmd.args(["--cmdline", &cmdline]);
     cmd.arg("--disk").arg(format!(
-        "path={},direct={},engine=io_uring,serial=bench",
+        "path={},direct={},engine=io_uring,serial=bench{}",
         image.display(),
-        if case.shm { "off" } else { "on" }
+        if case.shm { "off" } else { "on" },
+        vmm.disk
     ));
     let out = run_guest(
         cmd,
