@@ -26,7 +26,7 @@ pub(crate) struct Framing<'a> {
 impl<'a> Framing<'a> {
     /// Splits `descs` and checks that every non-empty buffer lies in `mem`. Only
     /// `VIRTQ_DESC_F_WRITE` is consulted: indirect tables must already be resolved.
-    pub(crate) fn new<M: GuestMemory>(
+    pub(crate) fn new<M: GuestMemory + ?Sized>(
         mem: &M,
         descs: &'a [Descriptor],
     ) -> Result<Self, ParseError> {
@@ -35,13 +35,13 @@ impl<'a> Framing<'a> {
         let fail = |kind| ParseError::new(kind, Some(status_addr));
         let split = descs
             .iter()
-            .position(|d| d.len != 0 && d.is_write_only())
+            .position(|d| d.len != 0 && d.is_device_writable())
             .unwrap_or(descs.len());
         let (readable, writable) = descs.split_at(split);
         if writable
             .iter()
             .filter(non_empty)
-            .any(|d| !d.is_write_only())
+            .any(|d| !d.is_device_writable())
         {
             return Err(fail(ParseErrorKind::ReadableAfterWritable));
         }
@@ -66,8 +66,11 @@ impl<'a> Framing<'a> {
 }
 
 /// The address of the last byte of the last non-empty writable buffer.
-fn status_byte<M: GuestMemory>(mem: &M, descs: &[Descriptor]) -> Result<u64, ParseError> {
-    let last = descs.iter().rev().find(|d| d.len != 0 && d.is_write_only());
+fn status_byte<M: GuestMemory + ?Sized>(mem: &M, descs: &[Descriptor]) -> Result<u64, ParseError> {
+    let last = descs
+        .iter()
+        .rev()
+        .find(|d| d.len != 0 && d.is_device_writable());
     let Some(last) = last else {
         return Err(ParseError::new(ParseErrorKind::NoStatusByte, None));
     };
@@ -113,7 +116,7 @@ pub(crate) fn pieces(
 }
 
 /// Reads `buf.len()` bytes from `offset` of the stream formed by `descs`.
-pub(crate) fn read_stream<M: GuestMemory>(
+pub(crate) fn read_stream<M: GuestMemory + ?Sized>(
     mem: &M,
     descs: &[Descriptor],
     offset: u64,

@@ -35,13 +35,22 @@ pub struct DeviceLimits {
 }
 
 impl DeviceLimits {
-    /// A writable disk of `capacity` sectors accepting IN, OUT and GET_ID only, with the
-    /// largest segment counts this crate handles.
+    /// A writable disk of `capacity` sectors accepting IN, OUT, FLUSH and GET_ID, with the
+    /// largest segment counts this crate handles; DISCARD and WRITE_ZEROES answer UNSUPP.
+    ///
+    /// FLUSH is accepted because a device author who does not think about it expects a
+    /// flush to flush: a driver sends FLUSH only if `VIRTIO_BLK_F_FLUSH` was negotiated, so
+    /// accepting it costs nothing, while refusing it would fail the one request that makes
+    /// writes durable. A device that does not offer the feature says so visibly:
+    /// `DeviceLimits { flush: false, ..DeviceLimits::new(capacity) }`. DISCARD and
+    /// WRITE_ZEROES stay off because they need limits that only the device's configuration
+    /// knows (`max_discard_sectors`, ...); turn them on the same way, or derive every field
+    /// from the negotiated features with [`DeviceLimits::from_config`].
     pub const fn new(capacity: u64) -> Self {
         DeviceLimits {
             capacity,
             read_only: false,
-            flush: false,
+            flush: true,
             discard: false,
             write_zeroes: false,
             seg_max: MAX_SEGMENTS as u32,

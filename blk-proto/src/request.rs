@@ -104,7 +104,11 @@ impl Request {
     }
 
     /// Writes `status` into the request's status byte and returns [`Self::used_len`].
-    pub fn complete<M: GuestMemory>(&self, mem: &M, status: Status) -> Result<u32, MemoryError> {
+    pub fn complete<M: GuestMemory + ?Sized>(
+        &self,
+        mem: &M,
+        status: Status,
+    ) -> Result<u32, MemoryError> {
         status.write_to(mem, self.status_addr)?;
         Ok(self.used_len(status))
     }
@@ -134,7 +138,7 @@ impl Request {
 /// On error, [`ParseError::status`] is the status the device answers with and
 /// [`ParseError::status_addr`] where to write it; with no status address the caller returns
 /// the chain with used length 0.
-pub fn parse_request<M: GuestMemory>(
+pub fn parse_request<M: GuestMemory + ?Sized>(
     mem: &M,
     descs: &[Descriptor],
     limits: &DeviceLimits,
@@ -144,7 +148,7 @@ pub fn parse_request<M: GuestMemory>(
     parse_framed(mem, &framing, limits).map_err(|kind| ParseError::new(kind, Some(status_addr)))
 }
 
-fn parse_framed<M: GuestMemory>(
+fn parse_framed<M: GuestMemory + ?Sized>(
     mem: &M,
     f: &Framing<'_>,
     limits: &DeviceLimits,
@@ -240,7 +244,7 @@ fn check_range(sector: u64, num_sectors: u64, capacity: u64) -> Result<(), Parse
 
 /// Reads and checks the `virtio_blk_discard_write_zeroes` segments after the header. Flags
 /// are checked over all segments before sizes, so UNSUPP wins over IOERR as 5.2.6.2 asks.
-fn parse_ranges<M: GuestMemory>(
+fn parse_ranges<M: GuestMemory + ?Sized>(
     mem: &M,
     f: &Framing<'_>,
     limits: &DeviceLimits,
@@ -372,6 +376,37 @@ mod tests {
         );
         assert_eq!(req.status_addr(), 0x400 + 512);
         assert_eq!(req.used_len(Status::Ok), 513);
+    }
+
+    #[test]
+    fn flush_is_accepted_by_default_and_refused_when_turned_off() {
+        let mut b = vec![0u8; 0x1000];
+        let mem = SliceMemory::new(&mut b);
+        mem.write(0x100, &OutHdr::flush().to_bytes()).unwrap();
+        let chain = [desc(0x100, 16, false), desc(0x200, 1, true)];
+        let req = parse_request(&mem, &chain, &DeviceLimits::new(8)).unwrap();
+        assert_eq!(req.request_type(), RequestType::Flush);
+        let off = DeviceLimits {
+            flush: false,
+            ..DeviceLimits::new(8)
+        };
+        let err = parse_request(&mem, &chain, &off).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            ParseErrorKind::FeatureNotNegotiated(RequestType::Flush)
+        );
+        assert_eq!(err.status(), Some(crate::VIRTIO_BLK_S_UNSUPP));
+    }
+
+    #[test]
+    fn parse_request_takes_dyn_memory() {
+        let mut b = vec![0u8; 0x1000];
+        let mem = SliceMemory::new(&mut b);
+        let dyn_mem: &dyn GuestMemory = &mem;
+        dyn_mem.write(0x100, &OutHdr::read(1).to_bytes()).unwrap();
+        let chain = [desc(0x100, 16, false), desc(0x200, 513, true)];
+        let req = parse_request(dyn_mem, &chain, &DeviceLimits::new(8)).unwrap();
+        assert_eq!(req.complete(dyn_mem, Status::Ok), Ok(513));
     }
 
     #[test]

@@ -40,7 +40,11 @@ impl Status {
     }
 
     /// Writes this status as the single byte at `status_addr`.
-    pub fn write_to<M: GuestMemory>(self, mem: &M, status_addr: u64) -> Result<(), MemoryError> {
+    pub fn write_to<M: GuestMemory + ?Sized>(
+        self,
+        mem: &M,
+        status_addr: u64,
+    ) -> Result<(), MemoryError> {
         mem.write(status_addr, &[self.raw()])
     }
 }

@@ -363,7 +363,7 @@ proptest! {
             _ => return Ok(()),
         };
         // Read-only too: the feature check comes first, so UNSUPP wins.
-        let limits = DeviceLimits { read_only: true, ..DeviceLimits::new(1000) };
+        let limits = DeviceLimits { read_only: true, flush: false, ..DeviceLimits::new(1000) };
         expect_err(&mut b, &limits, ParseErrorKind::FeatureNotNegotiated(t), UNSUPP)?;
     }
 
@@ -510,7 +510,7 @@ proptest! {
         let m = fit(m, 1000);
         let (r, w) = streams(&m);
         let mut b = build(&r, w, &l);
-        let first_w = b.descs.iter().position(|d| d.is_write_only() && d.len > 0).unwrap();
+        let first_w = b.descs.iter().position(|d| d.is_device_writable() && d.len > 0).unwrap();
         let at = first_w + 1 + at % (b.descs.len() - first_w);
         // The status byte stays the last writable byte wherever this lands.
         b.descs.insert(at, Descriptor { addr: 0, len: 1, flags: VIRTQ_DESC_F_NEXT, next: 0 });

@@ -51,7 +51,10 @@ pub fn run(case: &mut BlkCase) -> Option<RequestType> {
     let mem_len = mem.len() as u64;
     let result = parse_request(&mem, &descs, &limits);
 
-    let status = descs.iter().rev().find(|d| d.len != 0 && d.is_write_only());
+    let status = descs
+        .iter()
+        .rev()
+        .find(|d| d.len != 0 && d.is_device_writable());
     let status_addr = status.and_then(|d| d.addr.checked_add(u64::from(d.len) - 1));
     let status_ok = status_addr.is_some_and(|a| a < mem_len);
 
@@ -81,7 +84,7 @@ pub fn run(case: &mut BlkCase) -> Option<RequestType> {
     assert_eq!(Some(req.status_addr()), status_addr, "status address");
     let split = descs
         .iter()
-        .position(|d| d.len != 0 && d.is_write_only())
+        .position(|d| d.len != 0 && d.is_device_writable())
         .unwrap_or(descs.len());
     let (readable, writable) = descs.split_at(split);
     for d in descs.iter().filter(|d| d.len != 0) {
@@ -91,7 +94,9 @@ pub fn run(case: &mut BlkCase) -> Option<RequestType> {
         );
     }
     assert!(
-        writable.iter().all(|d| d.len == 0 || d.is_write_only()),
+        writable
+            .iter()
+            .all(|d| d.len == 0 || d.is_device_writable()),
         "accepted a readable buffer after a writable one"
     );
     let readable_len: u64 = readable.iter().map(|d| u64::from(d.len)).sum();

@@ -327,8 +327,8 @@ fn check_chain(mem_len: u64, chain: &DescriptorChain, queue_size: u16) {
         );
     }
     assert_eq!(chain.readable_count() + chain.writable_count(), descs.len());
-    assert!(chain.readable().all(|d| !d.is_write_only()));
-    assert!(chain.writable().all(|d| d.is_write_only()));
+    assert!(chain.readable().all(|d| !d.is_device_writable()));
+    assert!(chain.writable().all(|d| d.is_device_writable()));
     let sum = |it: &mut dyn Iterator<Item = Descriptor>| it.map(|d| u64::from(d.len)).sum::<u64>();
     assert_eq!(chain.readable_len(), sum(&mut chain.readable()));
     assert_eq!(chain.writable_len(), sum(&mut chain.writable()));

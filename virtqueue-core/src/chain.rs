@@ -8,13 +8,20 @@
 //! Rules enforced, in the order they are checked for each descriptor:
 //! 1. the index is inside its table ([`ChainError::IndexOutOfRange`]);
 //! 2. the chain has no more descriptors than the queue size (2.7.5.3.1 "A driver MUST NOT
-//!    create a descriptor chain longer than the Queue Size") nor than [`MAX_CHAIN_LEN`];
-//!    a `next` loop ends here too ([`ChainError::ChainTooLong`]);
+//!    create a descriptor chain longer than the Queue Size") nor than [`MAX_CHAIN_LEN`]
+//!    ([`ChainError::ChainTooLong`]);
 //! 3. the descriptor itself is readable from memory;
 //! 4. for an indirect descriptor (2.7.5.3): not also `NEXT`, not inside an indirect table,
 //!    table length a non-zero multiple of 16, table inside memory;
 //! 5. for a buffer: `addr + len` does not overflow and the buffer is inside memory, and no
 //!    device-readable buffer follows a device-writable one (2.7.4.2).
+//!
+//! A `next` loop is reported as [`ChainError::ChainLoop`]: a walk that came back to an index
+//! it had visited in the same table before failing rule 2 or the direction rule of 5 (the
+//! only two ways an endless walk over unchanged descriptors can end) is a loop. The check
+//! runs only on those failures, from the `next` fields already copied, so a valid chain
+//! pays nothing for it. It is the same answer as checking every index on the way: the
+//! first revisited index is reported.
 //!
 //! Zero-length buffers are accepted: the spec does not forbid them and Linux drivers never
 //! send them, so rejecting them would only add a failure mode. Their address must still be
@@ -103,11 +110,16 @@ impl DescriptorChain {
         head: u16,
     ) -> Result<(), ChainError> {
         self.clear(head);
-        let result = Walk {
+        let mut walk = Walk {
             chain: self,
             limit: usize::from(queue_size).min(MAX_CHAIN_LEN),
-        }
-        .run(mem, desc_table, queue_size, head);
+            table_start: 0,
+            first_index: head,
+            indirect: false,
+        };
+        let result = walk
+            .run(mem, desc_table, queue_size, head)
+            .map_err(|e| walk.loop_or(e));
         if result.is_err() {
             self.clear(head);
         }
@@ -177,15 +189,54 @@ impl Default for DescriptorChain {
     }
 }
 
-/// State of one chain walk: the chain built so far and its length limit.
+/// State of one chain walk: the chain built so far, its length limit, and where the walk
+/// of the current table (the queue's, then an indirect one) started.
 struct Walk<'c> {
     chain: &'c mut DescriptorChain,
     limit: usize,
+    /// Position in the chain of the first buffer copied from the current table.
+    table_start: usize,
+    /// Index the walk of the current table started at: the head, or 0 in an indirect table.
+    first_index: u16,
+    /// Whether the current table is an indirect one.
+    indirect: bool,
 }
 
 impl Walk<'_> {
+    /// `e`, or [`ChainError::ChainLoop`] if the walk of the current table revisited an
+    /// index before failing with `e`.
+    ///
+    /// The indices walked in the current table are `first_index` followed by the `next` of
+    /// every buffer copied from it; the last of them is the descriptor the walk failed on.
+    /// Over unchanged memory an endless walk fails only on its length or on a readable
+    /// buffer after a writable one, so only those errors are examined. Quadratic in the
+    /// chain length (at most 257 indices), and only on a rejected chain.
+    fn loop_or(&self, e: ChainError) -> ChainError {
+        if !matches!(
+            e,
+            ChainError::ChainTooLong { .. } | ChainError::ReadableAfterWritable
+        ) {
+            return e;
+        }
+        let copied = self
+            .chain
+            .descriptors
+            .get(self.table_start..usize::from(self.chain.len))
+            .unwrap_or(&[]);
+        let walked = || core::iter::once(self.first_index).chain(copied.iter().map(|d| d.next));
+        for (i, index) in walked().enumerate() {
+            if walked().take(i).any(|earlier| earlier == index) {
+                return ChainError::ChainLoop {
+                    index,
+                    indirect: self.indirect,
+                };
+            }
+        }
+        e
+    }
+
     fn run<M: GuestMemory + ?Sized>(
-        mut self,
+        &mut self,
         mem: &M,
         desc_table: u64,
         queue_size: u16,
@@ -253,6 +304,9 @@ impl Walk<'_> {
         }
         check_buffer(mem, desc)?;
         let entries = desc.len / DESC_SIZE as u32;
+        self.table_start = usize::from(self.chain.len);
+        self.first_index = 0;
+        self.indirect = true;
         let mut index = 0u16;
         loop {
             let entry = self.fetch(mem, desc.addr, index, entries)?;
@@ -276,7 +330,7 @@ impl Walk<'_> {
         check_buffer(mem, &desc)?;
         let chain = &mut *self.chain;
         let writable_seen = chain.readable != chain.len;
-        if writable_seen && !desc.is_write_only() {
+        if writable_seen && !desc.is_device_writable() {
             return Err(ChainError::ReadableAfterWritable);
         }
         let too_long = ChainError::ChainTooLong {
@@ -287,7 +341,7 @@ impl Walk<'_> {
             .get_mut(usize::from(chain.len))
             .ok_or(too_long)? = desc;
         chain.len += 1;
-        if desc.is_write_only() {
+        if desc.is_device_writable() {
             chain.writable_len += u64::from(desc.len);
         } else {
             chain.readable += 1;
@@ -416,15 +470,49 @@ mod tests {
     }
 
     #[test]
-    fn loops_are_rejected() {
+    fn loops_are_reported_as_loops() {
         let mut b = bytes();
         let mem = SliceMemory::new(&mut b);
+        let direct = |index| {
+            Err(ChainError::ChainLoop {
+                index,
+                indirect: false,
+            })
+        };
+        // 0 -> 1 -> 0: would run into the length limit.
         put(&mem, TABLE, 0, (0x4000, 8, N, 1));
         put(&mem, TABLE, 1, (0x4000, 8, N, 0));
-        assert_eq!(read(&mem, 0), Err(ChainError::ChainTooLong { limit: 16 }));
-        put(&mem, TABLE, 2, (IND, 16, I, 0));
-        put(&mem, IND, 0, (0x4000, 8, N, 0));
-        assert_eq!(read(&mem, 2), Err(ChainError::ChainTooLong { limit: 16 }));
+        assert_eq!(read(&mem, 0), direct(0));
+        // A loop into the middle of the chain: 3 -> 4 -> 5 -> 4.
+        put(&mem, TABLE, 3, (0x4000, 8, N, 4));
+        put(&mem, TABLE, 4, (0x4000, 8, N, 5));
+        put(&mem, TABLE, 5, (0x4000, 8, N, 4));
+        assert_eq!(read(&mem, 3), direct(4));
+        // A loop through a writable and then a readable buffer: would fail on the order.
+        put(&mem, TABLE, 6, (0x4000, 8, N, 7));
+        put(&mem, TABLE, 7, (0x5000, 8, W | N, 6));
+        assert_eq!(read(&mem, 6), direct(6));
+        // Inside an indirect table.
+        put(&mem, TABLE, 2, (IND, 32, I, 0));
+        put(&mem, IND, 0, (0x4000, 8, N, 1));
+        put(&mem, IND, 1, (0x4000, 8, N, 1));
+        let looped = ChainError::ChainLoop {
+            index: 1,
+            indirect: true,
+        };
+        assert_eq!(read(&mem, 2), Err(looped));
+        // The same shape in a queue big enough for no limit to bind before MAX_CHAIN_LEN.
+        assert_eq!(DescriptorChain::read(&mem, TABLE, 1024, 0), direct(0));
+    }
+
+    #[test]
+    fn order_errors_without_a_revisit_are_not_loops() {
+        let mut b = bytes();
+        let mem = SliceMemory::new(&mut b);
+        // 0 (writable) -> 1 (readable) -> 0: the order fails before the walk comes back.
+        put(&mem, TABLE, 0, (0x4000, 8, W | N, 1));
+        put(&mem, TABLE, 1, (0x5000, 8, N, 0));
+        assert_eq!(read(&mem, 0), Err(ChainError::ReadableAfterWritable));
     }
 
     #[test]

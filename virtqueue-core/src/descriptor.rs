@@ -40,8 +40,12 @@ pub struct Descriptor {
 }
 
 impl Descriptor {
-    /// Whether the device may write this buffer (`VIRTQ_DESC_F_WRITE`).
-    pub fn is_write_only(&self) -> bool {
+    /// Whether the buffer is device-writable: `VIRTQ_DESC_F_WRITE`, which the spec calls
+    /// "device write-only" (the device writes it, the driver reads it). Otherwise the buffer
+    /// is device-readable.
+    #[doc(alias = "is_write_only")]
+    #[doc(alias = "VIRTQ_DESC_F_WRITE")]
+    pub fn is_device_writable(&self) -> bool {
         self.flags & VIRTQ_DESC_F_WRITE != 0
     }
 

@@ -5,6 +5,41 @@
 //! [`GuestMemory`], so tests exercise the device half through the protocol. It never
 //! allocates: the free list and the chain lengths live in fixed arrays of
 //! [`MAX_DRIVER_QUEUE_SIZE`] entries, and it trusts nothing it reads back from the rings.
+//!
+//! [`DriverQueue::add`] and [`DriverQueue::add_indirect`] only build valid chains. Tests and
+//! fuzzers of a device also need the chains a correct driver never builds (loops, indices
+//! outside the table, readable after writable, nested indirect tables, heads outside the
+//! queue): [`DriverQueue::write_raw_descriptor`], [`DriverQueue::write_raw_table`] and
+//! [`DriverQueue::publish_raw_head`] write descriptors and avail entries verbatim, in the
+//! manner of rust-vmm's `MockSplitQueue`.
+//!
+//! ```
+//! use virtqueue_core::descriptor::VIRTQ_DESC_F_NEXT;
+//! use virtqueue_core::{ChainError, Descriptor, DriverQueue, Queue, QueueError, RingLayout, SliceMemory};
+//!
+//! let mut bytes = vec![0u8; 0x4000];
+//! let mem = SliceMemory::new(&mut bytes);
+//! let addrs = RingLayout::new(8).unwrap().checked_addresses(0x1000).unwrap();
+//! let mut driver = DriverQueue::new(&mem, 8, addrs, false).unwrap();
+//!
+//! // Descriptors 0 -> 1 -> 0: a loop.
+//! let looping = |next| Descriptor { addr: 0x3000, len: 16, flags: VIRTQ_DESC_F_NEXT, next };
+//! driver.write_raw_descriptor(&mem, 0, looping(1)).unwrap();
+//! driver.write_raw_descriptor(&mem, 1, looping(0)).unwrap();
+//! driver.publish_raw_head(&mem, 0).unwrap();
+//!
+//! let mut queue = Queue::new(8);
+//! queue.set_desc_table_address(addrs.desc_table);
+//! queue.set_avail_ring_address(addrs.avail_ring);
+//! queue.set_used_ring_address(addrs.used_ring);
+//! queue.set_ready(true);
+//! let reason = ChainError::ChainLoop { index: 0, indirect: false };
+//! assert_eq!(queue.pop(&mem).unwrap_err(), QueueError::BadChain { head: 0, reason });
+//!
+//! // The device returns the rejected chain; the driver gets it back like any other.
+//! queue.add_used(&mem, 0, 0).unwrap();
+//! assert_eq!(driver.pop_used(&mem).unwrap(), Some((0, 0)));
+//! ```
 
 use core::sync::atomic::{fence, Ordering};
 
@@ -41,6 +76,8 @@ pub struct DriverQueue {
     next: [u16; TABLE],
     /// Descriptors held by the chain whose head is `i`; 0 when `i` is not a head in flight.
     chain_len: [u16; TABLE],
+    /// Times `i` was published with [`DriverQueue::publish_raw_head`] and not yet used.
+    raw_in_flight: [u16; TABLE],
     free_head: u16,
     num_free: u16,
     avail_idx: u16,
@@ -75,6 +112,7 @@ impl DriverQueue {
             event_idx,
             next,
             chain_len: [0; TABLE],
+            raw_in_flight: [0; TABLE],
             free_head: 0,
             num_free: size,
             avail_idx: 0,
@@ -188,6 +226,62 @@ impl DriverQueue {
         self.take(head, 1);
         self.publish(mem, head)?;
         Ok(head)
+    }
+
+    /// Writes `desc` verbatim (flags, `next` and buffer as given) as entry `index` of the
+    /// descriptor table, for tests and fuzzers that need chains no correct driver builds.
+    ///
+    /// Nothing is taken from the free list: use indices that no chain added with
+    /// [`DriverQueue::add`] holds while that chain is in flight (e.g. a queue used only for
+    /// raw chains), since `add` reuses free descriptors. Fails with
+    /// [`DriverError::IndexOutOfRange`] for `index >= size` (a `next` may still point
+    /// there).
+    pub fn write_raw_descriptor<M: GuestMemory + ?Sized>(
+        &self,
+        mem: &M,
+        index: u16,
+        desc: Descriptor,
+    ) -> Result<(), DriverError> {
+        if index >= self.size {
+            return Err(DriverError::IndexOutOfRange {
+                index,
+                size: self.size,
+            });
+        }
+        write_desc(mem, self.addrs.desc_table, index, desc)
+    }
+
+    /// Writes `descs` verbatim as a descriptor table at `table` (16 bytes each), e.g. an
+    /// indirect table for a raw descriptor with `VIRTQ_DESC_F_INDIRECT` to point at.
+    pub fn write_raw_table<M: GuestMemory + ?Sized>(
+        mem: &M,
+        table: u64,
+        descs: &[Descriptor],
+    ) -> Result<(), DriverError> {
+        for (index, desc) in (0..=u16::MAX).zip(descs) {
+            write_desc(mem, table, index, *desc)?;
+        }
+        Ok(())
+    }
+
+    /// Puts `head` verbatim in the next avail ring slot and publishes it (stores avail
+    /// `idx`), for tests and fuzzers. `head` may be anything, even outside the table (the
+    /// device then reports an invalid head and cannot return it).
+    ///
+    /// [`DriverQueue::pop_used`] hands the completion of a raw head below the queue size
+    /// back as `(head, len)` and frees nothing: raw descriptors never left the free list.
+    pub fn publish_raw_head<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        head: u16,
+    ) -> Result<(), DriverError> {
+        self.publish(mem, head)?;
+        if head < self.size {
+            if let Some(n) = self.raw_in_flight.get_mut(usize::from(head)) {
+                *n = n.saturating_add(1);
+            }
+        }
+        Ok(())
     }
 
     fn check_chain(
@@ -306,6 +400,12 @@ impl DriverQueue {
         let elem = VirtqUsedElem::read_from_bytes(&raw).unwrap_or_default();
         let id = elem.id.get();
         let head = u16::try_from(id).ok().filter(|&h| h < self.size);
+        // A chain published raw holds no descriptors of the free list: nothing to free.
+        let raw = head.and_then(|h| self.raw_in_flight.get_mut(usize::from(h)));
+        if let (Some(h), Some(n)) = (head, raw.filter(|n| **n > 0)) {
+            *n -= 1;
+            return Ok(Some((h, elem.len.get())));
+        }
         let n = head
             .and_then(|h| self.chain_len.get(usize::from(h)).copied())
             .unwrap_or(0);
@@ -488,6 +588,62 @@ mod tests {
         d.add_indirect(&mem, 0x8000, &[(0, 1); 4], &[]).unwrap();
         assert_eq!(d.num_free(), 0);
         assert_eq!(d.avail_idx(), 2);
+    }
+
+    #[test]
+    fn raw_chains_are_written_verbatim_and_come_back() {
+        let mut b = bytes();
+        let mem = SliceMemory::new(&mut b);
+        let mut d = driver(&mem, 4);
+        let table = d.addresses().desc_table;
+        let desc = Descriptor {
+            addr: 0x5000,
+            len: 7,
+            flags: VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_NEXT,
+            next: 9,
+        };
+        d.write_raw_descriptor(&mem, 3, desc).unwrap();
+        let mut raw = [0u8; DESC_SIZE as usize];
+        mem.read(table + 3 * DESC_SIZE, &mut raw).unwrap();
+        assert_eq!(
+            Descriptor::from(VirtqDesc::read_from_bytes(&raw).unwrap()),
+            desc
+        );
+        let err = d.write_raw_descriptor(&mem, 4, desc);
+        assert_eq!(err, Err(DriverError::IndexOutOfRange { index: 4, size: 4 }));
+
+        DriverQueue::write_raw_table(&mem, 0x6000, &[desc, desc]).unwrap();
+        mem.read(0x6000 + DESC_SIZE, &mut raw).unwrap();
+        assert_eq!(
+            Descriptor::from(VirtqDesc::read_from_bytes(&raw).unwrap()),
+            desc
+        );
+
+        // Published twice, and a head outside the queue once.
+        for head in [3, 3, 77] {
+            d.publish_raw_head(&mem, head).unwrap();
+        }
+        assert_eq!(d.avail_idx(), 3);
+        let avail = d.addresses().avail_ring;
+        let entry = |slot| mem.load_u16(avail + avail_elem_offset(slot), Ordering::Relaxed);
+        assert_eq!((entry(0), entry(1), entry(2)), (Ok(3), Ok(3), Ok(77)));
+
+        // Both completions of 3 come back; nothing is freed; a third is not in flight.
+        let used = d.addresses().used_ring;
+        for (slot, len) in [(0u16, 5u32), (1, 6), (2, 7)] {
+            let elem = VirtqUsedElem {
+                id: 3.into(),
+                len: len.into(),
+            };
+            mem.write(used + used_elem_offset(slot), elem.as_bytes())
+                .unwrap();
+        }
+        mem.store_u16(used + USED_IDX_OFFSET, 3, Ordering::Relaxed)
+            .unwrap();
+        assert_eq!(d.pop_used(&mem), Ok(Some((3, 5))));
+        assert_eq!(d.pop_used(&mem), Ok(Some((3, 6))));
+        assert_eq!(d.pop_used(&mem), Err(DriverError::InvalidUsedId(3)));
+        assert_eq!(d.num_free(), 4);
     }
 
     #[test]

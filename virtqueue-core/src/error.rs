@@ -19,10 +19,23 @@ pub enum ChainError {
         limit: u32,
     },
     /// The chain has more descriptors than the queue size or than
-    /// [`MAX_CHAIN_LEN`](crate::chain::MAX_CHAIN_LEN) allows. A `next` loop ends up here too.
+    /// [`MAX_CHAIN_LEN`](crate::chain::MAX_CHAIN_LEN) allows, without coming back to a
+    /// descriptor it had already visited (that is [`ChainError::ChainLoop`]).
     ChainTooLong {
         /// The maximum number of descriptors this chain could have had.
         limit: u32,
+    },
+    /// The walk came back to a descriptor it had already visited: the `next` fields form a
+    /// loop, so the chain never ends (2.7.5.3.1 bounds a chain by the queue size). Reported
+    /// instead of the [`ChainTooLong`](ChainError::ChainTooLong) or
+    /// [`ReadableAfterWritable`](ChainError::ReadableAfterWritable) the endless walk runs
+    /// into, whatever the loop's shape.
+    ChainLoop {
+        /// The descriptor index the walk came back to.
+        index: u16,
+        /// Whether `index` is an entry of the indirect table rather than of the queue's
+        /// descriptor table.
+        indirect: bool,
     },
     /// An indirect table whose length is zero or not a multiple of 16 bytes (2.7.5.3).
     IndirectBadLength {
@@ -56,9 +69,17 @@ impl fmt::Display for ChainError {
                 )
             }
             ChainError::ChainTooLong { limit } => {
+                write!(f, "descriptor chain longer than {limit} descriptors")
+            }
+            ChainError::ChainLoop { index, indirect } => {
+                let table = if *indirect {
+                    "indirect table"
+                } else {
+                    "descriptor table"
+                };
                 write!(
                     f,
-                    "descriptor chain longer than {limit} descriptors (or a loop)"
+                    "descriptor chain loops back to entry {index} of the {table}"
                 )
             }
             ChainError::IndirectBadLength { len } => {
@@ -201,6 +222,14 @@ pub enum DriverError {
     /// The chain is longer than the queue size (2.7.5.3.1) or than
     /// [`MAX_CHAIN_LEN`](crate::chain::MAX_CHAIN_LEN).
     ChainTooLong(usize),
+    /// A raw descriptor index is outside the descriptor table
+    /// ([`DriverQueue::write_raw_descriptor`](crate::driver::DriverQueue::write_raw_descriptor)).
+    IndexOutOfRange {
+        /// The index given.
+        index: u16,
+        /// The queue size.
+        size: u16,
+    },
     /// The device returned an id that is not the head of a chain in flight.
     InvalidUsedId(u32),
     /// The used `idx` moved more than the queue size ahead of the driver.
@@ -223,6 +252,12 @@ impl fmt::Display for DriverError {
                 write!(f, "chain needs {needed} descriptors, {available} free")
             }
             DriverError::ChainTooLong(n) => write!(f, "chain of {n} descriptors is too long"),
+            DriverError::IndexOutOfRange { index, size } => {
+                write!(
+                    f,
+                    "descriptor index {index} is outside a queue of size {size}"
+                )
+            }
             DriverError::InvalidUsedId(id) => write!(f, "device used id {id} is not in flight"),
             DriverError::InvalidUsedIdx {
                 used_idx,

@@ -173,12 +173,31 @@ impl RingLayout {
         })
     }
 
-    /// Addresses of the areas for an allocation starting at `base` (which must be 16-aligned).
+    /// Addresses of the areas for an allocation starting at `base`, unchecked.
+    ///
+    /// `base` must be 16-aligned (the Descriptor Table's alignment) and `base + total_size`
+    /// must not overflow; neither is checked here, so a misaligned base yields addresses that
+    /// only [`Queue::is_valid`](crate::Queue::is_valid) rejects, when the device is
+    /// configured. [`RingLayout::checked_addresses`] refuses such a base up front. This one
+    /// stays unchecked because it is `const` and its callers place rings at constant,
+    /// aligned addresses.
     pub const fn addresses(&self, base: u64) -> RingAddresses {
         RingAddresses {
             desc_table: base + self.desc_table,
             avail_ring: base + self.avail_ring,
             used_ring: base + self.used_ring,
+        }
+    }
+
+    /// [`RingLayout::addresses`], or `None` if `base` is not 16-aligned or the rings would
+    /// run past the end of the address space.
+    pub const fn checked_addresses(&self, base: u64) -> Option<RingAddresses> {
+        if base % DESC_TABLE_ALIGN != 0 {
+            return None;
+        }
+        match base.checked_add(self.total_size) {
+            Some(_) => Some(self.addresses(base)),
+            None => None,
         }
     }
 }
@@ -204,6 +223,16 @@ mod tests {
         assert_eq!(l.total_size, l.used_ring + 6 + 8 * 256);
         assert_eq!(used_event_offset(256), 4 + 512);
         assert_eq!(avail_event_offset(256), 4 + 2048);
+    }
+
+    #[test]
+    fn checked_addresses_refuse_misaligned_or_wrapping_bases() {
+        let l = RingLayout::new(16).unwrap();
+        assert_eq!(l.checked_addresses(0x1000), Some(l.addresses(0x1000)));
+        assert_eq!(l.checked_addresses(0x1008), None);
+        assert_eq!(l.checked_addresses(u64::MAX - 15), None);
+        let last = (u64::MAX - l.total_size) / 16 * 16;
+        assert_eq!(l.checked_addresses(last), Some(l.addresses(last)));
     }
 
     #[test]

@@ -293,8 +293,13 @@ impl Queue {
         Ok(())
     }
 
-    /// Returns chain `head` to the driver with `len` bytes written and publishes it:
-    /// [`Queue::push_used`] followed by [`Queue::publish_used`].
+    /// Pushes a used element for chain `head` with `len` bytes written **and publishes it**
+    /// (stores used `idx`): [`Queue::push_used`] followed by [`Queue::publish_used`].
+    ///
+    /// The name is the one rust-vmm's `virtio-queue` gives the same operation. To complete a
+    /// batch with one store of used `idx` (and one [`Queue::needs_notification`] decision),
+    /// call `push_used` for each chain and `publish_used` once instead.
+    #[doc(alias = "push_and_publish_used")]
     pub fn add_used<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,

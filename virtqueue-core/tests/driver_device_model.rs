@@ -160,8 +160,8 @@ impl<'m> Harness<'m> {
             writable: parts(&mut chain.writable()),
         };
         assert_eq!(got, expected);
-        assert!(chain.writable().all(|d| d.is_write_only()));
-        assert!(chain.readable().all(|d| !d.is_write_only()));
+        assert!(chain.writable().all(|d| d.is_device_writable()));
+        assert!(chain.readable().all(|d| !d.is_device_writable()));
         self.in_device.push(got.head);
     }
 

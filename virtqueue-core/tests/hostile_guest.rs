@@ -55,6 +55,8 @@ fn reference(bytes: &[u8], size: u16, head: u16) -> Result<Vec<Descriptor>, Chai
     let limit = usize::from(size).min(MAX_CHAIN_LEN);
     let mut out: Vec<Descriptor> = Vec::new();
     let (mut table, mut entries, mut index, mut in_indirect) = (DESC, u32::from(size), head, false);
+    // Indices visited in the current table: coming back to one is a loop.
+    let mut visited: Vec<u16> = Vec::new();
     loop {
         if u32::from(index) >= entries {
             return Err(ChainError::IndexOutOfRange {
@@ -62,6 +64,13 @@ fn reference(bytes: &[u8], size: u16, head: u16) -> Result<Vec<Descriptor>, Chai
                 limit: entries,
             });
         }
+        if visited.contains(&index) {
+            return Err(ChainError::ChainLoop {
+                index,
+                indirect: in_indirect,
+            });
+        }
+        visited.push(index);
         if out.len() >= limit {
             return Err(ChainError::ChainTooLong {
                 limit: limit as u32,
@@ -80,6 +89,7 @@ fn reference(bytes: &[u8], size: u16, head: u16) -> Result<Vec<Descriptor>, Chai
             }
             buffer_ok(bytes, d.addr, d.len)?;
             (table, entries, index, in_indirect) = (d.addr, d.len / 16, 0, true);
+            visited.clear();
             continue;
         }
         buffer_ok(bytes, d.addr, d.len)?;
@@ -104,7 +114,9 @@ fn descriptor() -> impl Strategy<Value = [u8; 16]> {
         1 => (u64::MAX - 64)..=u64::MAX,
         1 => any::<u64>(),
     ];
-    let len = prop_oneof![8 => 0u32..64, 1 => Just(16), 1 => Just(32), 1 => any::<u32>()];
+    // 128: the whole indirect table, long enough to exceed a small queue without a loop.
+    let len =
+        prop_oneof![8 => 0u32..64, 1 => Just(16), 1 => Just(32), 1 => Just(128), 1 => any::<u32>()];
     let next = prop_oneof![8 => 0u16..8, 1 => any::<u16>()];
     let (n, w, i) = (VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_DESC_F_INDIRECT);
     let flags = prop_oneof![
@@ -161,11 +173,14 @@ proptest! {
 
     #[test]
     fn every_chain_matches_the_reference(bytes in memory(), size in prop::sample::select(vec![4u16, 8]), pops in 1usize..12) {
-        let reference_bytes = bytes.clone();
         let mut bytes = bytes;
         let mem = SliceMemory::new(&mut bytes);
         let mut q = queue(size, false);
         for _ in 0..pops {
+            // The reference reads memory as it is now: `add_used` below writes the used ring,
+            // which a descriptor or an indirect table may overlap.
+            let mut reference_bytes = vec![0u8; MEM_SIZE];
+            mem.read(0, &mut reference_bytes).unwrap();
             let before = q.next_avail();
             let avail_idx = mem.load_u16(AVAIL + 2, Ordering::Relaxed).unwrap();
             let head = mem.load_u16(AVAIL + 4 + 2 * u64::from(before % size), Ordering::Relaxed).unwrap();
@@ -242,13 +257,16 @@ fn generator_reaches_every_outcome() {
     let mut seen = std::collections::BTreeMap::new();
     for _ in 0..500 {
         let bytes = memory().new_tree(&mut runner).unwrap().current();
-        for head in 0..8 {
-            let outcome = match reference(&bytes, 8, head) {
+        // In a queue of 8 over a table of 8, a direct chain can only exceed the queue size by
+        // looping; a queue of 1 reaches the length limit through an indirect table.
+        for (size, head) in (0..8).map(|h| (8, h)).chain([(1, 0)]) {
+            let outcome = match reference(&bytes, size, head) {
                 Ok(chain) if chain.len() > 1 => "ok-multi",
                 Ok(_) => "ok",
                 Err(e) => match e {
                     ChainError::IndexOutOfRange { .. } => "index",
                     ChainError::ChainTooLong { .. } => "too-long",
+                    ChainError::ChainLoop { .. } => "loop",
                     ChainError::IndirectBadLength { .. } => "indirect-len",
                     ChainError::NestedIndirect => "nested",
                     ChainError::IndirectWithNext => "indirect-next",
@@ -261,5 +279,5 @@ fn generator_reaches_every_outcome() {
         }
     }
     println!("{seen:?}");
-    assert_eq!(seen.len(), 10, "{seen:?}");
+    assert_eq!(seen.len(), 11, "{seen:?}");
 }
