@@ -3,6 +3,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use backend_raw::{Disk, DiskOptions, Engine, EngineKind, FaultSpec, IoOp};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
@@ -20,6 +21,9 @@ pub struct OpenDisk {
     fault: Option<FaultSpec>,
     merge: bool,
     fixed_buffers: bool,
+    /// A failure to register guest memory was logged (once per disk: every engine would fail
+    /// the same way).
+    fixed_failed: AtomicBool,
 }
 
 impl OpenDisk {
@@ -43,6 +47,7 @@ impl OpenDisk {
             fault: cfg.fault.clone(),
             merge: cfg.merge,
             fixed_buffers: cfg.fixed_buffers,
+            fixed_failed: AtomicBool::new(false),
         })
     }
 
@@ -110,12 +115,15 @@ impl OpenDisk {
             .collect();
         // SAFETY: guest RAM stays mapped for the VM's life, which outlasts every engine of
         // its devices (engines are dropped when the device stops serving).
-        if let Err(e) = unsafe { engine.register_memory(&regions) } {
-            eprintln!(
-                "virtio-blk {}: cannot register guest memory with io_uring ({e}); requests \
-                 map their buffers one by one",
-                self.path.display()
-            );
+        let registered = unsafe { engine.register_memory(&regions) };
+        if let Err(e) = registered {
+            if !self.fixed_failed.swap(true, Ordering::Relaxed) {
+                eprintln!(
+                    "virtio-blk {}: cannot register guest memory with io_uring ({e}); requests \
+                     map their buffers one by one",
+                    self.path.display()
+                );
+            }
         }
         Ok(engine)
     }

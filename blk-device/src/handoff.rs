@@ -18,7 +18,8 @@ use crate::request::IoJob;
 use crate::scheduler::{Inline, Scheduler};
 use crate::trace::QueueTrace;
 
-/// Requests in flight inline from which further ones go to the pool.
+/// Requests in flight inline from which further ones go to the pool (the default of
+/// [`ServeOptions::handoff_depth`](crate::mode::ServeOptions::handoff_depth)).
 pub const HANDOFF_DEPTH: usize = 16;
 
 /// Inline first, the pool for parallelism.
@@ -28,24 +29,33 @@ pub struct Handoff {
     pool: PoolLink,
     /// The inline engine blocks the serving thread for the whole transfer.
     blocking: bool,
+    /// Requests in flight inline from which further ones go to the pool (0: every request).
+    depth: usize,
 }
 
 impl Handoff {
-    /// A scheduler running requests on `inline` (an engine of `kind`) or handing them to `pool`.
-    pub fn new(inline: Inline, kind: EngineKind, pool: PoolLink) -> Self {
+    /// A scheduler running requests on `inline` (an engine of `kind`) or handing them to
+    /// `pool` once `depth` are in flight inline (0: hands every request off, the pool-only
+    /// design this replaced).
+    pub fn new(inline: Inline, kind: EngineKind, pool: PoolLink, depth: usize) -> Self {
         Handoff {
             inline,
             pool,
             blocking: kind == EngineKind::Sync,
+            depth,
         }
     }
 
     fn hand_off(&self) -> bool {
-        self.blocking || self.inline.in_flight() >= HANDOFF_DEPTH || !self.inline.has_room()
+        self.blocking || self.inline.in_flight() >= self.depth || !self.inline.has_room()
     }
 }
 
 impl Scheduler for Handoff {
+    fn merges(&self) -> bool {
+        self.inline.merges()
+    }
+
     fn has_room(&self) -> bool {
         self.pool.has_room() || self.inline.has_room()
     }

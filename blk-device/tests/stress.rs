@@ -61,6 +61,19 @@ fn guest_bytes(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
 
 /// Runs `total` requests spread over `queues` queues served in `mode` (`workers` pool threads).
 fn run(mode: IoMode, queues: u16, workers: usize, poll_us: u32, total: usize, seed: u64) {
+    run_with(mode, queues, (workers, 0), poll_us, total, seed)
+}
+
+/// As [`run`], the `workers` mode's queue threads keeping `handoff` requests in flight
+/// themselves before handing more to the pool.
+fn run_with(
+    mode: IoMode,
+    queues: u16,
+    (workers, handoff): (usize, usize),
+    poll_us: u32,
+    total: usize,
+    seed: u64,
+) {
     let nq = u64::from(queues);
     let disk_bytes = nq * SLOTS * REGION_BYTES;
     let mut rng = Rng(seed | 1);
@@ -73,6 +86,7 @@ fn run(mode: IoMode, queues: u16, workers: usize, poll_us: u32, total: usize, se
         mem_size: (BUFS + disk_bytes + 0x10_0000) as usize,
         image: model.clone(),
         workers,
+        handoff_depth: handoff,
         poll_us,
         ..Setup::new(mode)
     });
@@ -242,6 +256,16 @@ fn workers_two_queues_two_workers_complete_every_request_correctly() {
 #[test]
 fn workers_one_queue_two_workers_complete_every_request_correctly() {
     run(IoMode::Workers, 1, 2, 10, 5_000, 0x5eed_0003);
+}
+
+#[test]
+fn workers_handing_off_beyond_four_in_flight_complete_every_request_correctly() {
+    run_with(IoMode::Workers, 2, (2, 4), 10, 8_000, 0x5eed_0007);
+}
+
+#[test]
+fn workers_with_no_pool_complete_every_request_correctly() {
+    run_with(IoMode::Workers, 2, (0, 0), 10, 5_000, 0x5eed_0008);
 }
 
 #[test]

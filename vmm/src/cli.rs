@@ -53,6 +53,10 @@ pub struct Cli {
     /// request then runs on its queue's thread); N (0 to 64) that many.
     #[arg(long, value_name = "auto|N", default_value = "auto", value_parser = parse_workers)]
     pub workers: WorkerCount,
+    /// With --io-mode workers: requests a queue thread keeps in flight on its own engine before
+    /// it hands more to the pool (0 hands every request to the pool).
+    #[arg(long, value_name = "N", default_value_t = blk_device::handoff::HANDOFF_DEPTH)]
+    pub handoff_depth: usize,
     /// Write a request trace (Chrome trace-event JSON) to PATH at exit.
     #[arg(long, value_name = "PATH")]
     pub trace: Option<PathBuf>,
@@ -110,6 +114,7 @@ impl Cli {
             poll_us: self.poll_us,
             poll_in_flight: self.poll_in_flight,
             workers: self.workers,
+            handoff_depth: self.handoff_depth,
             trace: self.trace,
             metrics: self.metrics,
             metrics_interval_secs: self.metrics_interval,

@@ -37,6 +37,8 @@ pub struct VmConfig {
     pub poll_in_flight: bool,
     /// Worker threads per disk in `IoMode::Workers`.
     pub workers: WorkerCount,
+    /// Requests a `workers` queue thread keeps in flight itself before handing more to the pool.
+    pub handoff_depth: usize,
     /// Where to write the request trace (Chrome trace-event JSON) at exit.
     pub trace: Option<PathBuf>,
     /// Where to write the device metrics (JSON).

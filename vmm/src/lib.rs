@@ -282,6 +282,7 @@ pub fn attach_disks(
             poll_us: config.poll_us,
             poll_in_flight: config.poll_in_flight,
             workers,
+            handoff_depth: config.handoff_depth,
             io_cpus: config.cpu_affinity.io.clone(),
             iothread: iothread.clone(),
             tracer: tracer.clone(),

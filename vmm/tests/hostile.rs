@@ -167,6 +167,7 @@ impl Rig {
             poll_us: 50,
             poll_in_flight: true,
             workers: 2,
+            handoff_depth: 0,
             iothread: iothread.clone(),
             tracer: None,
             device_index: 0,

@@ -177,8 +177,8 @@ impl VmmSystem {
 /// the untraced run.
 /// `vmm-pinned` is the default with the vCPU and the I/O threads on different cores (this
 /// bench's hosts have two). The `vmm-default-*` systems each turn one change of the default
-/// off (the pool sized as before, polling across the disk's latency, request merging, fixed
-/// buffers), so that `--systems vmm-default,vmm-default-nomerge` measures that change alone.
+/// off (every request through a pool of two workers as before, polling across the disk's
+/// latency, request merging, fixed buffers), so that `--systems vmm-default,vmm-default-nomerge` measures that change alone.
 pub const VMM_SYSTEMS: &[VmmSystem] = &[
     VmmSystem::new("vmm-default", &[]),
     VmmSystem::new("vmm-pinned", &["--cpu-affinity", "vcpu=0,io=1"]),
@@ -187,7 +187,11 @@ pub const VMM_SYSTEMS: &[VmmSystem] = &[
     VmmSystem::new("vmm-dataplane", &["--io-mode", "dataplane"]),
     VmmSystem::new("vmm-workers", &["--io-mode", "workers"]),
     VmmSystem::new("vmm-workers-traced", &["--io-mode", "workers"]).traced(),
-    VmmSystem::without("vmm-default-workers2", &["--workers", "2"], ""),
+    VmmSystem::without(
+        "vmm-default-pool",
+        &["--workers", "2", "--handoff-depth", "0"],
+        "",
+    ),
     VmmSystem::without("vmm-default-noflight", &["--poll-in-flight", "off"], ""),
     VmmSystem::without("vmm-default-nomerge", &[], ",merge=off"),
     VmmSystem::without("vmm-default-nofixed", &[], ",fixed-buffers=off"),

@@ -227,6 +227,9 @@ pub struct ServeOptions {
     pub poll_in_flight: bool,
     /// Worker threads of the pool (`workers` mode).
     pub workers: usize,
+    /// Requests a `workers` queue thread keeps in flight itself before it hands more to the
+    /// pool ([`crate::handoff`]; 0 hands every request to the pool).
+    pub handoff_depth: usize,
     /// The VM's shared loop (required by a mode whose row says `shared_loop`).
     pub shared_loop: Option<Arc<EventLoop>>,
     /// One stamping handle per queue index (disabled handles when tracing is off).
@@ -246,6 +249,7 @@ impl ServeOptions {
             poll_us: crate::poll::DEFAULT_POLL_US,
             poll_in_flight: true,
             workers: crate::pool::DEFAULT_WORKERS,
+            handoff_depth: crate::handoff::HANDOFF_DEPTH,
             shared_loop: None,
             traces: Vec::new(),
             hook: ThreadHook::none(),

@@ -66,7 +66,10 @@ pub fn start(mut act: Activation<'_>) -> Result<Box<dyn Serving>, DeviceError> {
             .disk
             .engine_over(kind, engine_depth(setup.queue.size()), &act.mem)?;
         let inline = Inline::new(engine, act.disk.merge());
-        queues.push(act.served(setup, Box::new(Handoff::new(inline, kind, link))));
+        queues.push(act.served(
+            setup,
+            Box::new(Handoff::new(inline, kind, link, act.serve.handoff_depth)),
+        ));
     }
     let loops = PerQueueLoops::start(queues, act.serve.poll_us, act.serve).map_err(thread_err)?;
     Ok(Box::new(WithPool {

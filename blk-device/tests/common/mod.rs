@@ -61,6 +61,8 @@ pub struct Setup {
     /// The image's bytes.
     pub image: Vec<u8>,
     pub workers: usize,
+    /// 0: every request of the `workers` mode goes to the pool.
+    pub handoff_depth: usize,
     pub poll_us: u32,
 }
 
@@ -77,6 +79,7 @@ impl Setup {
             mem_size: 1 << 20,
             image: (0..64 * 1024u64).map(|i| (i / 512) as u8).collect(),
             workers: 2,
+            handoff_depth: 0,
             poll_us: 20,
         }
     }
@@ -125,6 +128,7 @@ impl Harness {
         let serve = ServeOptions {
             poll_us: s.poll_us,
             workers: s.workers,
+            handoff_depth: s.handoff_depth,
             shared_loop: shared.clone(),
             ..ServeOptions::new(s.mode)
         };

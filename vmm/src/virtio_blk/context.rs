@@ -33,6 +33,8 @@ pub struct DeviceContext {
     pub poll_in_flight: bool,
     /// Worker threads of the device's pool (`IoMode::Workers`).
     pub workers: usize,
+    /// Requests a queue thread keeps in flight itself before handing more to the pool.
+    pub handoff_depth: usize,
     /// The event loop shared by every disk (modes whose row says `shared_loop`).
     pub iothread: Option<Arc<EventLoop>>,
     /// The VM's tracer, when `--trace` is given.
@@ -65,6 +67,7 @@ impl DeviceContext {
             poll_us: defaults.poll_us,
             poll_in_flight: defaults.poll_in_flight,
             workers: defaults.workers,
+            handoff_depth: defaults.handoff_depth,
             iothread: None,
             tracer: None,
             device_index: 0,
@@ -80,6 +83,7 @@ impl DeviceContext {
             poll_us: self.poll_us,
             poll_in_flight: self.poll_in_flight,
             workers: self.workers,
+            handoff_depth: self.handoff_depth,
             shared_loop: self.iothread.clone(),
             traces: (0..queues)
                 .map(|q| {
