@@ -52,10 +52,6 @@ impl Handoff {
 }
 
 impl Scheduler for Handoff {
-    fn merges(&self) -> bool {
-        self.inline.merges()
-    }
-
     fn has_room(&self) -> bool {
         self.pool.has_room() || self.inline.has_room()
     }

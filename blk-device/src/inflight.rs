@@ -144,11 +144,6 @@ impl InFlightTable {
             && self.live < self.slots.len()
     }
 
-    /// Whether started reads and writes are merged at `flush`.
-    pub fn merges(&self) -> bool {
-        self.merge
-    }
-
     /// Jobs started and not handed back yet.
     pub fn live(&self) -> usize {
         self.live

@@ -54,12 +54,6 @@ pub trait Scheduler: Send + std::fmt::Debug {
     /// Clears the completion fds' readiness after epoll reported one of them.
     fn drain_completion_fds(&self);
 
-    /// Whether requests started in one batch are merged (see [`crate::inflight`]): then a
-    /// sequential stream is worth gathering before the batch is pushed.
-    fn merges(&self) -> bool {
-        false
-    }
-
     /// Whether the serving thread may busy-poll now (see [`PoolLink`](crate::pool::PoolLink)).
     fn may_poll(&self) -> bool {
         true
@@ -92,10 +86,6 @@ impl Inline {
 }
 
 impl Scheduler for Inline {
-    fn merges(&self) -> bool {
-        self.table.merges()
-    }
-
     fn has_room(&self) -> bool {
         self.table.has_room()
     }

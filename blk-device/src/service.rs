@@ -8,7 +8,7 @@
 //! thread and under which lock, is the I/O mode's business ([`crate::mode`]).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use virtqueue_core::{DescriptorChain, Queue, QueueError};
 use vm_memory::GuestMemoryMmap;
@@ -52,16 +52,6 @@ pub struct QueueService {
     /// When each head was popped, for the latency metric.
     started: Vec<Instant>,
     failed: bool,
-    /// Where the last read or write started ends: `(write, byte offset)`.
-    stream_end: Option<(bool, u64)>,
-    /// A request of this turn continued the previous one (a sequential stream).
-    sequential: bool,
-    /// Chains popped this turn, and in the turn before.
-    batch: usize,
-    last_batch: usize,
-    /// Whether the driver can add requests while this service runs (not when it runs on the
-    /// driver's own vCPU thread).
-    may_plug: bool,
 }
 
 impl std::fmt::Debug for QueueService {
@@ -73,11 +63,6 @@ impl std::fmt::Debug for QueueService {
             .finish()
     }
 }
-
-/// The longest gap between two chains of a sequential stream that plugging waits for.
-const PLUG_GAP: Duration = Duration::from_micros(3);
-/// The longest plugging waits in all.
-const PLUG_MAX: Duration = Duration::from_micros(30);
 
 /// Room for a maximal request in every job: `seg_max` data buffers plus header and status,
 /// each possibly split in two by a memory-region boundary.
@@ -113,19 +98,7 @@ impl QueueService {
             chain: DescriptorChain::new(),
             started: vec![Instant::now(); usize::from(size)],
             failed: false,
-            stream_end: None,
-            sequential: false,
-            batch: 0,
-            last_batch: 0,
-            may_plug: true,
         }
-    }
-
-    /// The service runs on the driver's own thread (a vCPU serving a notify exit): the driver
-    /// cannot add requests meanwhile, so waiting for more of a stream would only cost time.
-    pub fn serving_in_the_drivers_thread(mut self) -> Self {
-        self.may_plug = false;
-        self
     }
 
     /// The queue's index.
@@ -182,15 +155,7 @@ impl QueueService {
 
     fn turn(&mut self) -> Result<bool, QueueError> {
         let mut work = self.reap() > 0;
-        self.sequential = false;
-        self.batch = 0;
         work |= self.drain_avail()?;
-        if self.should_plug() {
-            self.plug()?;
-        }
-        if self.batch > 0 {
-            self.last_batch = self.batch;
-        }
         self.scheduler.flush();
         self.reap();
         self.publish()?;
@@ -206,46 +171,13 @@ impl QueueService {
         })
     }
 
-    /// Whether to wait for more of a sequential stream before pushing the batch: the
-    /// scheduler merges, a request of this batch continued the one before it, and the driver
-    /// is sending more than one at a time (older requests in flight, or a larger last batch).
-    /// A driver reading one request at a time never waits.
-    fn should_plug(&self) -> bool {
-        self.may_plug
-            && self.sequential
-            && self.scheduler.merges()
-            && (self.scheduler.in_flight() > self.batch || self.last_batch > 1)
-    }
-
-    /// Waits a moment for the next requests of a sequential stream, so that they merge with
-    /// the ones popped into one host I/O (the block layer's plugging): while new chains keep
-    /// arriving less than [`PLUG_GAP`] apart, at most [`PLUG_MAX`] in all.
-    fn plug(&mut self) -> Result<(), QueueError> {
-        let start = Instant::now();
-        let mut last = start;
-        loop {
-            if self.drain_avail()? {
-                last = Instant::now();
-            }
-            let now = Instant::now();
-            let room = self.scheduler.has_room() && !self.free.is_empty();
-            if !room || now - last >= PLUG_GAP || now - start >= PLUG_MAX {
-                return Ok(());
-            }
-            std::hint::spin_loop();
-        }
-    }
-
     /// Pops and starts every available chain while the scheduler has room.
     fn drain_avail(&mut self) -> Result<bool, QueueError> {
         let mut work = false;
         while self.scheduler.has_room() && !self.free.is_empty() {
             match self.queue.pop_into(&self.mem, &mut self.chain) {
                 Ok(false) => break,
-                Ok(true) => {
-                    self.batch += 1;
-                    self.start_chain();
-                }
+                Ok(true) => self.start_chain(),
                 // The entry is consumed but the chain is unusable: return it empty (no status
                 // byte can be trusted in a chain that failed validation).
                 Err(QueueError::BadChain { head, .. }) => self.used.push(Used::invalid(head, 0)),
@@ -276,10 +208,6 @@ impl QueueService {
             return;
         }
         self.trace.stamp(Stage::Parsed, head);
-        if let Some((write, offset, len)) = job.transfer() {
-            self.sequential |= self.stream_end == Some((write, offset));
-            self.stream_end = Some((write, offset.saturating_add(u64::from(len))));
-        }
         if let Some(job) = self.scheduler.start(&self.mem, job, &self.trace) {
             self.used.push(job.used());
             self.free.push(job);

@@ -17,7 +17,7 @@ pub fn start(act: Activation<'_>) -> Result<Box<dyn Serving>, DeviceError> {
     let services = act
         .inline_queues()?
         .into_iter()
-        .map(|q| q.service.serving_in_the_drivers_thread())
+        .map(|q| q.service)
         .collect();
     Ok(Box::new(OnVcpu { services }))
 }
