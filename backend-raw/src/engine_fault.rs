@@ -55,6 +55,8 @@ struct RuleState {
 pub struct FaultEngine {
     inner: Box<dyn Engine>,
     rules: Vec<RuleState>,
+    /// Flushes complete OK without reaching the inner engine (`noflush`).
+    drop_flush: bool,
     /// Completions to hand out before the inner engine's: those the inner engine had ready
     /// when a failure was injected, then the injected one.
     ready: VecDeque<Completion>,
@@ -68,6 +70,7 @@ impl FaultEngine {
     pub fn new(inner: Box<dyn Engine>, spec: FaultSpec) -> FaultEngine {
         let depth = inner.capacity();
         FaultEngine {
+            drop_flush: spec.drops_flushes(),
             inner,
             rules: spec
                 .rules()
@@ -84,7 +87,8 @@ impl FaultEngine {
         }
     }
 
-    /// How many failures have been injected so far.
+    /// How many completions have been injected so far (failures, and flushes dropped by
+    /// `noflush`).
     pub fn injected(&self) -> u64 {
         self.injected
     }
@@ -108,13 +112,10 @@ impl FaultEngine {
     }
 
     /// Queues an injected completion behind the inner engine's ready ones and wakes epoll.
-    fn inject(&mut self, user_data: u64, errno: i32) {
+    fn inject(&mut self, user_data: u64, result: Result<u32, i32>) {
         self.inner.reap(&mut self.scratch);
         self.ready.extend(self.scratch.drain(..));
-        self.ready.push_back(Completion {
-            user_data,
-            result: Err(errno),
-        });
+        self.ready.push_back(Completion { user_data, result });
         self.injected += 1;
         if let Some(fd) = self.inner.completion_fd() {
             signal(fd);
@@ -155,7 +156,8 @@ impl Engine for FaultEngine {
             _ => 0,
         };
         match self.verdict(op, len) {
-            Some(errno) => self.inject(user_data, errno),
+            Some(errno) => self.inject(user_data, Err(errno)),
+            None if self.drop_flush && op == IoOp::Flush => self.inject(user_data, Ok(0)),
             // SAFETY: forwarded from the caller.
             None => unsafe { self.inner.submit(op, iovecs, user_data)? },
         }

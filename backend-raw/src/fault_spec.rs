@@ -6,6 +6,7 @@
 //! ```text
 //! spec      := rule ( '+' rule )*
 //! rule      := errno '@' target ( ':' condition ( ',' condition )* )?
+//!            | 'noflush'                     (every flush completes OK without syncing)
 //! errno     := 'eio' | 'enospc' | 'edquot' | 'erofs' | 'eperm' | 'enomem' | 'ebadf'
 //!            | 'einval' | 'etimedout' | a decimal errno in 1..=4095
 //! target    := 'read' | 'write' | 'flush' | 'discard' | 'write-zeroes' | 'any'
@@ -158,6 +159,9 @@ impl FaultRule {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct FaultSpec {
     rules: Vec<FaultRule>,
+    /// Flushes complete OK without reaching the disk (`noflush`): a device that loses its
+    /// write cache, for crash tests that must see it.
+    drop_flush: bool,
 }
 
 impl FaultSpec {
@@ -171,7 +175,15 @@ impl FaultSpec {
                     .as_ref()
                     .is_none_or(|range| range.start < range.end && r.op != FaultOp::Flush)
         };
-        (!rules.is_empty() && rules.iter().all(valid)).then_some(FaultSpec { rules })
+        (!rules.is_empty() && rules.iter().all(valid)).then_some(FaultSpec {
+            rules,
+            drop_flush: false,
+        })
+    }
+
+    /// Whether flushes complete OK without reaching the disk (`noflush`).
+    pub fn drops_flushes(&self) -> bool {
+        self.drop_flush
     }
 
     /// The rules, in the order they are tried.
@@ -273,8 +285,10 @@ impl FromStr for FaultSpec {
     type Err = FaultSpecError;
 
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let drop_flush = spec.split('+').any(|rule| rule == "noflush");
         let rules = spec
             .split('+')
+            .filter(|rule| *rule != "noflush")
             .map(|rule| match rule {
                 "" => Err(FaultSpecError::EmptyRule {
                     spec: spec.to_string(),
@@ -282,7 +296,7 @@ impl FromStr for FaultSpec {
                 rule => parse_rule(rule),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(FaultSpec { rules })
+        Ok(FaultSpec { rules, drop_flush })
     }
 }
 
@@ -446,6 +460,10 @@ impl fmt::Display for FaultSpec {
                 f.write_str("+")?;
             }
             write!(f, "{rule}")?;
+        }
+        if self.drop_flush {
+            let sep = if self.rules.is_empty() { "" } else { "+" };
+            write!(f, "{sep}noflush")?;
         }
         Ok(())
     }

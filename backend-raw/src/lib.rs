@@ -7,6 +7,7 @@ mod disk;
 mod disk_info;
 mod engine;
 mod engine_fault;
+mod engine_log;
 mod engine_sync;
 mod engine_uring;
 mod error;
@@ -18,6 +19,7 @@ pub use engine::{
     Completion, Engine, EngineKind, IoOp, ParseEngineKindError, MAX_DEPTH, MAX_IOVECS,
 };
 pub use engine_fault::{with_faults, FaultEngine};
+pub use engine_log::{durable_prefix, parse_log, rebuild_image, LogEngine, LogRecord, WriteLog};
 pub use error::Error;
 pub use fault_spec::{FaultOp, FaultRule, FaultSpec, FaultSpecError};
 /// `struct iovec` (`libc::iovec`), the buffer description [`Engine::submit`] takes, so that a

@@ -183,9 +183,7 @@ fn truncated_image_fails_reads_past_the_end() {
             readonly: false,
             direct,
         };
-        let Some(img) = image(SIZE as u64, opts) else {
-            continue;
-        };
+        let img = image(SIZE as u64, opts);
         eprintln!("truncated image: engine={kind} direct={direct}");
         let data: Vec<u8> = (0..SIZE).map(|i| (i / 4096) as u8 ^ 0x5a).collect();
         std::fs::write(&img.path, &data).unwrap();

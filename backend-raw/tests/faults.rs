@@ -344,7 +344,7 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
 }
 
 fn run_model(kind: EngineKind, spec: FaultSpec, ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let img = image(CAPACITY, RW).unwrap();
+    let img = image(CAPACITY, RW);
     let discard_zeroes = img.disk.discard_supported();
     let inner = img.disk.engine(kind, 4).unwrap();
     let mut engine = FaultEngine::new(inner, spec.clone());
@@ -566,7 +566,7 @@ fn each_example_spec_over_both_engines() {
     ];
     for kind in KINDS {
         for (text, ops, expected) in &cases {
-            let img = image(64 << 10, RW).unwrap();
+            let img = image(64 << 10, RW);
             std::fs::write(&img.path, vec![0xee; 64 << 10]).unwrap();
             let spec: FaultSpec = text.parse().unwrap();
             let (engine, _) = img.disk.engine_with_faults(kind, 4, Some(&spec)).unwrap();
@@ -603,7 +603,7 @@ fn each_example_spec_over_both_engines() {
 /// others; the queue limit counts them, and a refused submission is not counted.
 #[test]
 fn injected_completions_keep_order_and_count_against_the_depth() {
-    let img = image(64 << 10, RW).unwrap();
+    let img = image(64 << 10, RW);
     let inner = img.disk.engine(EngineKind::Sync, 6).unwrap();
     let mut engine = with_faults(inner, Some(&"eio@any:every=2".parse().unwrap()));
     let mut bufs: Vec<Buf> = (0..7).map(|i| Buf::filled(&pattern(i, 512), 0)).collect();
@@ -652,7 +652,7 @@ fn injected_completions_keep_order_and_count_against_the_depth() {
 /// completions, alone and mixed with real ones, and is not woken once all were reaped.
 #[test]
 fn epoll_on_completion_fd_sees_injected_completions() {
-    let img = image(64 << 10, RW).unwrap();
+    let img = image(64 << 10, RW);
     let inner = img.disk.engine(EngineKind::IoUring, 8).unwrap();
     let mut engine = FaultEngine::new(inner, "eio@read:offset=0-4K".parse().unwrap());
     let fd = engine
@@ -741,7 +741,7 @@ fn epoll_on_completion_fd_sees_injected_completions() {
 fn injected_failures_among_many_in_flight() {
     const BLOCKS: usize = 16;
     for kind in KINDS {
-        let img = image((BLOCKS * 4096) as u64, RW).unwrap();
+        let img = image((BLOCKS * 4096) as u64, RW);
         std::fs::write(&img.path, vec![0xee; BLOCKS * 4096]).unwrap();
         let spec = "eio@write:every=3".parse().unwrap();
         let (mut engine, _) = img

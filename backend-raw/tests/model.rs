@@ -285,7 +285,7 @@ fn run(ops: &[Op], kind: EngineKind, direct: bool) -> Result<(), TestCaseError> 
         readonly: false,
         direct,
     };
-    let img = image(CAPACITY, opts).ok_or_else(|| fail("no image".into()))?;
+    let img = image(CAPACITY, opts);
     let engine = img
         .disk
         .engine(kind, DEPTH)
@@ -315,9 +315,7 @@ fn check(kind: EngineKind, direct: bool) {
         readonly: false,
         direct,
     };
-    let Some(img) = image(CAPACITY, opts) else {
-        return;
-    };
+    let img = image(CAPACITY, opts);
     let engine = img.disk.engine(kind, DEPTH).unwrap();
     announce("model", &img, engine.as_ref());
     let config = Config {

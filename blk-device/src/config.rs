@@ -37,6 +37,9 @@ pub struct DiskConfig {
     pub merge: bool,
     /// Register guest memory with io_uring (`fixed-buffers=on|off`).
     pub fixed_buffers: bool,
+    /// Log every write and flush the disk performs to this file (`write-log=PATH`), for crash
+    /// tests ([`backend_raw::WriteLog`]).
+    pub write_log: Option<PathBuf>,
 }
 
 /// A rejected `--disk` value. The message names the problem and the fix.
@@ -46,7 +49,7 @@ pub enum DiskConfigError {
     #[error("--disk item '{0}' is not key=value: write e.g. --disk path=disk.img,readonly=on")]
     DiskSyntax(String),
     /// A `--disk` key we do not know.
-    #[error("--disk has unknown key '{0}': use path, readonly, direct, engine, queues, queue-size, serial, fault, merge or fixed-buffers")]
+    #[error("--disk has unknown key '{0}': use path, readonly, direct, engine, queues, queue-size, serial, fault, merge, fixed-buffers or write-log")]
     DiskUnknownKey(String),
     /// A `--disk` key given twice.
     #[error("--disk key '{0}' is given twice: keep one")]
@@ -128,6 +131,7 @@ impl DiskConfig {
             fault: None,
             merge: true,
             fixed_buffers: true,
+            write_log: None,
         };
         for item in s.split(',').filter(|i| !i.is_empty()) {
             let (key, value) = item
@@ -143,6 +147,7 @@ impl DiskConfig {
                 "direct" => cfg.direct = parse_switch("direct", value)?,
                 "merge" => cfg.merge = parse_switch("merge", value)?,
                 "fixed-buffers" => cfg.fixed_buffers = parse_switch("fixed-buffers", value)?,
+                "write-log" => cfg.write_log = Some(PathBuf::from(value)),
                 "engine" => {
                     cfg.engine = match value {
                         "sync" => EngineKind::Sync,

@@ -4,8 +4,11 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use backend_raw::{Disk, DiskOptions, Engine, EngineKind, FaultSpec, IoOp};
+use backend_raw::{
+    with_faults, Disk, DiskOptions, Engine, EngineKind, FaultSpec, IoOp, LogEngine, WriteLog,
+};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 
 use crate::config::DiskConfig;
@@ -19,6 +22,8 @@ pub struct OpenDisk {
     engine: EngineKind,
     /// Faults injected into every engine of this disk (`fault=`).
     fault: Option<FaultSpec>,
+    /// Where every engine of this disk logs its writes and flushes (`write-log=`).
+    log: Option<Arc<WriteLog>>,
     merge: bool,
     fixed_buffers: bool,
     /// A failure to register guest memory was logged (once per disk: every engine would fail
@@ -40,7 +45,15 @@ impl OpenDisk {
             path: cfg.path.clone(),
             source,
         })?;
+        let log = match &cfg.write_log {
+            Some(p) => Some(WriteLog::create(p).map_err(|source| DeviceError::Config {
+                path: cfg.path.clone(),
+                reason: format!("cannot create the write log {}: {source}", p.display()),
+            })?),
+            None => None,
+        };
         Ok(OpenDisk {
+            log,
             path: cfg.path.clone(),
             disk,
             engine: cfg.engine,
@@ -74,13 +87,20 @@ impl OpenDisk {
     /// An engine of `kind` for one thread, with the disk's faults, falling back to the sync
     /// engine (with a log line) where `kind` is unavailable.
     pub fn engine(&self, kind: EngineKind, depth: usize) -> Result<Box<dyn Engine>, DeviceError> {
-        let (engine, fallback) = self
-            .disk
-            .engine_with_faults(kind, depth, self.fault.as_ref())
-            .map_err(|source| DeviceError::Disk {
-                path: self.path.clone(),
-                source,
-            })?;
+        let (engine, fallback) =
+            self.disk
+                .engine_or_sync(kind, depth)
+                .map_err(|source| DeviceError::Disk {
+                    path: self.path.clone(),
+                    source,
+                })?;
+        // The log sees what reaches the disk; faults sit outside it, so a flush `noflush`
+        // drops never leaves its marker.
+        let engine: Box<dyn Engine> = match &self.log {
+            Some(log) => Box::new(LogEngine::new(engine, log.clone())),
+            None => engine,
+        };
+        let engine = with_faults(engine, self.fault.as_ref());
         if let Some(e) = fallback {
             eprintln!(
                 "virtio-blk {}: {e}; using the sync engine",

@@ -16,11 +16,14 @@
 //! reported for the requests it belongs to and never for a neighbour.
 
 use std::os::unix::io::RawFd;
+use std::sync::Arc;
+use std::thread::ThreadId;
 
 use backend_raw::{Completion, Engine, IoOp, MAX_IOVECS};
 use blk_proto::MAX_DISCARD_SEGMENTS;
 use vm_memory::GuestMemoryMmap;
 
+use crate::metrics::DeviceMetrics;
 use crate::request::IoJob;
 use crate::trace::{QueueTrace, Stage};
 
@@ -80,6 +83,8 @@ pub struct InFlightTable {
     stale: u64,
     /// Merged operations that failed and were split back into their requests.
     split: u64,
+    /// Where to record the thread that submits this table's I/O, and the last one recorded.
+    io_threads: Option<(Arc<DeviceMetrics>, Option<ThreadId>)>,
 }
 
 // SAFETY: `scratch` only holds addresses of guest RAM, which every thread of the process may
@@ -134,6 +139,26 @@ impl InFlightTable {
             scratch: Vec::with_capacity(with(MAX_IOVECS)),
             stale: 0,
             split: 0,
+            io_threads: None,
+        }
+    }
+
+    /// Records in `metrics` which threads submit this table's I/O
+    /// ([`DeviceMetrics::record_io_thread`]).
+    pub fn recording_threads_in(mut self, metrics: Arc<DeviceMetrics>) -> Self {
+        self.io_threads = Some((metrics, None));
+        self
+    }
+
+    /// Records the calling thread if it is not the one recorded last.
+    fn note_thread(&mut self) {
+        let Some((metrics, last)) = &mut self.io_threads else {
+            return;
+        };
+        let me = std::thread::current().id();
+        if *last != Some(me) {
+            *last = Some(me);
+            metrics.record_io_thread();
         }
     }
 
@@ -170,6 +195,7 @@ impl InFlightTable {
         trace: &QueueTrace,
     ) -> Option<Box<IoJob>> {
         trace.stamp(Stage::BackendSubmit, job.head);
+        self.note_thread();
         self.live += 1;
         if self.merge && job.transfer().is_some() {
             self.pending.push(job);

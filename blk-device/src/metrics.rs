@@ -14,6 +14,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
 
 use blk_proto::RequestType;
 
@@ -168,6 +169,8 @@ pub struct DeviceMetrics {
     interrupts: AtomicU64,
     in_flight: AtomicI64,
     latency: Histogram,
+    /// Names of the threads that submitted this device's I/O to an engine.
+    io_threads: Mutex<Vec<String>>,
 }
 
 impl DeviceMetrics {
@@ -185,6 +188,7 @@ impl DeviceMetrics {
             interrupts: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
             latency: Histogram::default(),
+            io_threads: Mutex::new(Vec::new()),
         }
     }
 
@@ -256,6 +260,28 @@ impl DeviceMetrics {
         self.in_flight.load(Relaxed)
     }
 
+    /// Records that the calling thread submits this device's I/O to an engine (an engine's
+    /// table calls it when its thread changes, not per request).
+    pub fn record_io_thread(&self) {
+        let name = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_string();
+        let mut threads = self.io_threads.lock().unwrap_or_else(|p| p.into_inner());
+        if !threads.contains(&name) {
+            threads.push(name);
+        }
+    }
+
+    /// The names of the threads that submitted this device's I/O, in the order first seen:
+    /// where each I/O mode really does its I/O.
+    pub fn io_threads(&self) -> Vec<String> {
+        self.io_threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// The completion latency histogram (ns).
     pub fn latency(&self) -> &Histogram {
         &self.latency
@@ -292,7 +318,14 @@ impl DeviceMetrics {
             l.max(),
         );
         l.buckets_json(&mut s);
-        s.push_str("}}");
+        s.push_str("},\"io_threads\":[");
+        for (i, name) in self.io_threads().iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            json_string(&mut s, name);
+        }
+        s.push_str("]}");
         s
     }
 }

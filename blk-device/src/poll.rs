@@ -84,8 +84,11 @@ impl AdaptivePoll {
     }
 }
 
-/// The most a serving thread spins waiting for requests in flight before it sleeps.
-pub const MAX_FLIGHT_POLL: Duration = Duration::from_millis(1);
+/// The most a serving thread spins waiting for requests in flight before it sleeps: long
+/// enough for a random read of an SSD-class disk, short enough that a large transfer (which
+/// takes a millisecond or more) is waited for asleep: one wake-up is then a small part of its
+/// latency, and a spinning core would be most of its CPU cost.
+pub const MAX_FLIGHT_POLL: Duration = Duration::from_micros(200);
 
 /// Polling while requests are in flight: the thread watches the avail ring and the engine's
 /// completions instead of sleeping, for about twice the time completions have been taking

@@ -27,6 +27,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::inflight::InFlightTable;
+use crate::metrics::DeviceMetrics;
 use crate::request::IoJob;
 use crate::scheduler::Scheduler;
 use crate::threads::{ThreadHook, ThreadRole};
@@ -121,6 +122,7 @@ impl WorkerPool {
         traces: Vec<QueueTrace>,
         name: &str,
         hook: &ThreadHook,
+        metrics: Option<Arc<DeviceMetrics>>,
     ) -> std::io::Result<(Self, Vec<PoolLink>)> {
         // Bounded by the ring sizes it serves, so a queue service's send never blocks.
         let total: usize = queues.iter().map(|q| usize::from(q.1).max(1)).sum();
@@ -153,8 +155,12 @@ impl WorkerPool {
             threads: Vec::new(),
         };
         for (i, engine) in engines.into_iter().enumerate() {
+            let mut table = InFlightTable::new(engine, merge);
+            if let Some(m) = &metrics {
+                table = table.recording_threads_in(m.clone());
+            }
             let worker = Worker {
-                table: InFlightTable::new(engine, merge),
+                table,
                 mem: mem.clone(),
                 homes: homes.clone(),
                 traces: traces.clone(),
@@ -486,6 +492,7 @@ mod tests {
             vec![QueueTrace::disabled()],
             "test",
             &ThreadHook::none(),
+            None,
         )
         .unwrap();
         let mut link = links.pop().unwrap();

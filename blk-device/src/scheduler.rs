@@ -12,7 +12,10 @@ use std::os::unix::io::RawFd;
 use backend_raw::Engine;
 use vm_memory::GuestMemoryMmap;
 
+use std::sync::Arc;
+
 use crate::inflight::InFlightTable;
+use crate::metrics::DeviceMetrics;
 use crate::request::IoJob;
 use crate::trace::{QueueTrace, Stage};
 
@@ -81,6 +84,13 @@ impl Inline {
     pub fn new(engine: Box<dyn Engine>, merge: bool) -> Self {
         Inline {
             table: InFlightTable::new(engine, merge),
+        }
+    }
+
+    /// Records in `metrics` which threads do this scheduler's I/O.
+    pub fn recording_threads_in(self, metrics: Arc<DeviceMetrics>) -> Self {
+        Inline {
+            table: self.table.recording_threads_in(metrics),
         }
     }
 }

@@ -396,3 +396,53 @@ proptest! {
         }
     }
 }
+
+/// `iothread` serves queues only in the VM's shared loop: a device given none refuses to start
+/// rather than quietly run a thread of its own.
+#[test]
+fn iothread_without_a_shared_loop_is_an_error() {
+    use std::sync::Arc;
+
+    use blk_device::config::DiskConfig;
+    use blk_device::device::BlockDevice;
+    use blk_device::error::DeviceError;
+    use blk_device::metrics::DeviceMetrics;
+    use blk_device::mode::{QueueSetup, ServeOptions};
+    use virtqueue_core::{Queue, RingLayout};
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disk.img");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let cfg = DiskConfig::parse(&format!("path={}", path.display())).unwrap();
+    let dev = BlockDevice::open(
+        &cfg,
+        ServeOptions::new(IoMode::Iothread),
+        Arc::new(DeviceMetrics::new("d")),
+    )
+    .unwrap();
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let addrs = RingLayout::new(16).unwrap().addresses(0x1000);
+    let mut queue = Queue::new(16);
+    queue.set_desc_table_address(addrs.desc_table);
+    queue.set_avail_ring_address(addrs.avail_ring);
+    queue.set_used_ring_address(addrs.used_ring);
+    queue.set_ready(true);
+    let setup = QueueSetup {
+        index: 0,
+        queue,
+        kick: EventFd::new(EFD_NONBLOCK).unwrap(),
+    };
+    let irq = Arc::new(common::Counted::default());
+    let err = dev
+        .activate(dev.offered_features(), mem, vec![setup], irq)
+        .unwrap_err();
+    assert!(
+        matches!(&err, DeviceError::Config { reason, .. } if reason.contains("shared I/O thread")),
+        "{err}"
+    );
+}

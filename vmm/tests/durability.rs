@@ -12,62 +12,25 @@
 
 mod real_guest;
 use real_guest::{guest_elf, require_kvm};
+#[path = "../../xtask/src/durability.rs"]
+#[allow(dead_code)]
+mod durability_log;
 #[path = "../../guest-test-kernel/src/pattern.rs"]
 #[allow(dead_code)]
 mod pattern;
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use pattern::{mix64, Rng, SECTOR_SIZE};
+use durability_log::{check, parse_flushed, parse_seed, Flushed};
+use pattern::{mix64, Rng};
 
-const BLOCK_SECTORS: u64 = 8;
 const IMAGE_BYTES: u64 = 16 << 20;
-/// How far past the newest listed generation an unlisted write can be (writes in flight and
-/// completed-but-unflushed writes: the guest keeps at most 1024 + 32).
-const GEN_SLACK: u64 = 2048;
 /// The VMM's io modes, one per repetition in turn.
 const IO_MODES: [&str; 4] = ["dataplane", "iothread", "workers", "vcpu"];
-
-/// The guest's `gen_seed` (guest-test-kernel/src/app/suites/durability.rs).
-fn gen_seed(seed: u64, gen: u64) -> u64 {
-    mix64(seed ^ gen)
-}
-
-/// One parsed `FLUSHED` line: generation `first + i` went to `blocks[i]`.
-#[derive(Debug, PartialEq)]
-struct Flushed {
-    n: u64,
-    first: u64,
-    blocks: Vec<u64>,
-}
-
-fn parse_flushed(line: &str) -> Option<Flushed> {
-    let mut words = line.strip_prefix("FLUSHED ")?.split(' ');
-    let n = words.next()?.parse().ok()?;
-    let first = words.next()?.strip_prefix("g=")?.parse().ok()?;
-    let k: usize = words.next()?.strip_prefix("k=")?.parse().ok()?;
-    let list = words.next()?.strip_prefix("b=")?;
-    let blocks: Vec<u64> = if list.is_empty() {
-        Vec::new()
-    } else {
-        list.split(',')
-            .map(|b| u64::from_str_radix(b, 16))
-            .collect::<Result<_, _>>()
-            .ok()?
-    };
-    // A line cut short by the kill does not count.
-    (blocks.len() == k && words.next().is_none()).then_some(Flushed { n, first, blocks })
-}
-
-fn parse_seed(line: &str) -> Option<u64> {
-    let rest = line.strip_prefix("DURABILITY seed=0x")?;
-    u64::from_str_radix(rest.split(' ').next()?, 16).ok()
-}
 
 /// What one run found.
 #[derive(Debug)]
@@ -181,57 +144,6 @@ fn run_once(
     }
 }
 
-/// Checks every block listed in `listed` against `img`; returns (blocks checked, sectors
-/// holding a newer generation, losses).
-fn check(seed: u64, listed: &[Flushed], img: &[u8]) -> (usize, usize, Vec<String>) {
-    // Newest flushed generation of every block.
-    let mut flushed: HashMap<u64, u64> = HashMap::new();
-    let mut newest = 0;
-    for f in listed {
-        for (i, b) in f.blocks.iter().enumerate() {
-            let gen = f.first + i as u64;
-            newest = newest.max(gen);
-            let e = flushed.entry(*b).or_insert(gen);
-            *e = (*e).max(gen);
-        }
-    }
-    let mut losses = Vec::new();
-    let mut newer = 0;
-    for (&block, &gen) in &flushed {
-        for s in 0..BLOCK_SECTORS {
-            let sector = block * BLOCK_SECTORS + s;
-            let at = sector as usize * SECTOR_SIZE;
-            let Some(data) = img.get(at..at + SECTOR_SIZE) else {
-                losses.push(format!(
-                    "block {block:#x}: sector {sector} is past the image end"
-                ));
-                continue;
-            };
-            if pattern::verify(data, sector, gen_seed(seed, gen)).is_ok() {
-                continue;
-            }
-            let later = (gen + 1..=newest + GEN_SLACK)
-                .find(|g| pattern::verify(data, sector, gen_seed(seed, *g)).is_ok());
-            match later {
-                Some(_) => newer += 1,
-                None => {
-                    let older = (1..gen)
-                        .rev()
-                        .find(|g| pattern::verify(data, sector, gen_seed(seed, *g)).is_ok());
-                    losses.push(format!(
-                        "sector {sector} (block {block:#x}) lost flushed generation {gen}: holds {}",
-                        match older {
-                            Some(g) => format!("older generation {g}"),
-                            None => "no generation of this run".to_string(),
-                        }
-                    ));
-                }
-            }
-        }
-    }
-    (flushed.len(), newer, losses)
-}
-
 fn tail(out: &str) -> String {
     let lines: Vec<&str> = out.lines().collect();
     let from = lines.len().saturating_sub(30);
@@ -310,82 +222,6 @@ fn flushed_writes_survive_sigkill_cached() {
 #[test]
 fn flushed_writes_survive_sigkill_direct() {
     durability(true);
-}
-
-#[test]
-fn flushed_lines_parse_and_reject_truncation() {
-    assert_eq!(
-        parse_flushed("FLUSHED 3 g=17 k=3 b=a,1f,0"),
-        Some(Flushed {
-            n: 3,
-            first: 17,
-            blocks: vec![10, 31, 0]
-        })
-    );
-    assert_eq!(
-        parse_flushed("FLUSHED 3 g=17 k=3 b=a,1f"),
-        None,
-        "cut short"
-    );
-    assert_eq!(
-        parse_flushed("FLUSHED 4 g=1 k=0 b="),
-        Some(Flushed {
-            n: 4,
-            first: 1,
-            blocks: vec![]
-        })
-    );
-    assert_eq!(parse_seed("DURABILITY seed=0x1f block_sectors=8"), Some(31));
-}
-
-#[test]
-fn checker_reports_lost_and_accepts_newer_blocks() {
-    let seed = 7;
-    let mut img = vec![0u8; 64 * SECTOR_SIZE];
-    let put = |img: &mut Vec<u8>, block: u64, gen: u64| {
-        let at = (block * BLOCK_SECTORS) as usize * SECTOR_SIZE;
-        let len = BLOCK_SECTORS as usize * SECTOR_SIZE;
-        pattern::fill(
-            &mut img[at..at + len],
-            block * BLOCK_SECTORS,
-            gen_seed(seed, gen),
-        );
-    };
-    // Block 1: flushed at gen 10, holds 10. Block 2: flushed at 11, holds the newer 30.
-    // Block 3: flushed at 12 and 20, holds 12 (lost 20). Block 4: flushed at 13, holds zeros.
-    put(&mut img, 1, 10);
-    put(&mut img, 2, 30);
-    put(&mut img, 3, 12);
-    let listed = [
-        Flushed {
-            n: 1,
-            first: 10,
-            blocks: vec![1, 2, 3, 4],
-        },
-        Flushed {
-            n: 2,
-            first: 20,
-            blocks: vec![3],
-        },
-    ];
-    let (checked, newer, losses) = check(seed, &listed, &img);
-    assert_eq!((checked, newer), (4, 8));
-    assert_eq!(losses.len(), 16, "{losses:#?}");
-    assert!(
-        losses[..].iter().any(|l| l.contains("older generation 12")),
-        "{losses:#?}"
-    );
-}
-
-#[test]
-fn checker_finds_a_lost_block() {
-    // The verification the test relies on: an older generation does not pass for a newer one.
-    let seed = 99;
-    let mut buf = vec![0u8; SECTOR_SIZE];
-    pattern::fill(&mut buf, 40, gen_seed(seed, 5));
-    assert!(pattern::verify(&buf, 40, gen_seed(seed, 5)).is_ok());
-    assert!(pattern::verify(&buf, 40, gen_seed(seed, 6)).is_err());
-    assert!(pattern::verify(&buf, 41, gen_seed(seed, 5)).is_err());
 }
 
 /// The soak workload (`soak=<secs>`, what `cargo xtask soak` runs) for a few seconds: mixed

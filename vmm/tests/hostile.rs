@@ -4,8 +4,8 @@
 //! raw descriptors written into guest memory, and doorbells rung on the notify register.
 //!
 //! Every case must end with an error status, `DEVICE_NEEDS_RESET`, or the chain returned
-//! unused (used length 0) or ignored, as the spec allows; never a panic, a hang (each case
-//! runs under a watchdog), a leaked fd or thread, a byte written outside the buffers the
+//! unused (used length 0), as the spec allows (a request never returned counts as a failure);
+//! never a panic, a hang (each case runs under a watchdog), a leaked fd or thread, a byte written outside the buffers the
 //! driver gave, or a byte of the image changed by a rejected request. After each case the
 //! device must still serve correct I/O (after a reset where the spec requires one).
 //!
@@ -102,12 +102,15 @@ enum Outcome {
 }
 
 impl Outcome {
-    /// The request was refused: error status, returned unused, needs reset, or ignored.
+    /// The request was refused: returned with an error status or unused (length 0), or the
+    /// device asked for a reset. A request never returned is not refused: the driver would
+    /// wait for it forever.
     fn refused(self) -> bool {
         match self {
             Outcome::Used { len: 0, .. } => true,
             Outcome::Used { status, .. } => status != VIRTIO_BLK_S_OK,
-            Outcome::NeedsReset | Outcome::Ignored => true,
+            Outcome::NeedsReset => true,
+            Outcome::Ignored => false,
         }
     }
 }
@@ -189,6 +192,7 @@ impl Rig {
             fault: None,
             merge: true,
             fixed_buffers: true,
+            write_log: None,
         };
         let dev = VirtioBlkPci::new(&cfg, ctx).expect("device");
         let layout = RingLayout::new(QSIZE).expect("layout");
@@ -1051,11 +1055,17 @@ fn hostile_device_status_out_of_order() {
         r.publish(0, 0);
         r.kick(0);
         let o = r.outcome(0);
-        // Served or not, nothing may break; FEATURES_OK now must not be accepted silently
-        // into a live device without a reset.
-        eprintln!(
-            "DRIVER_OK before FEATURES_OK: request {o:?}, status {:#x}",
-            r.status()
+        // 3.1.1: DRIVER_OK only after FEATURES_OK; a device that never accepted features is
+        // not live and must not use the buffers.
+        assert_eq!(
+            r.status() & status::DRIVER_OK,
+            0,
+            "DRIVER_OK accepted before FEATURES_OK"
+        );
+        assert_eq!(
+            o,
+            Outcome::Ignored,
+            "a device that is not live served a request"
         );
         // FEATURES_OK after DRIVER_OK, then clearing bits (only reset clears status).
         r.set_status(
@@ -1065,7 +1075,13 @@ fn hostile_device_status_out_of_order() {
         r.set_status(status::FAILED);
         r.set_status(0xff);
         let s = r.status();
-        eprintln!("status after out-of-order writes: {s:#x}");
+        // The driver wrote no features (no VERSION_1): FEATURES_OK can never be accepted, so
+        // neither can DRIVER_OK (2.2.2).
+        assert_eq!(
+            s & (status::FEATURES_OK | status::DRIVER_OK),
+            0,
+            "status after out-of-order writes: {s:#x}"
+        );
         // Features changed after FEATURES_OK must not take effect.
         r.reinit();
         r.w32(common::DRIVER_FEATURE_SELECT, 1);
@@ -1382,9 +1398,10 @@ fn hostile_register_fuzz() {
 
 // --- the guest side ------------------------------------------------------------------------
 
-/// Boots the test guest with `tests=hostile` (its own raw rings against our device) and
-/// requires every `TEST hostile_*` line to pass, then the regular driver to work again.
-fn guest_hostile(completion: &str, disk_opts: &str) {
+/// Boots the test guest with `tests=hostile` (its own raw rings against our device) in io
+/// mode `mode` and requires every `TEST hostile_*` line to pass, then the regular driver to
+/// work again.
+fn guest_hostile(mode: &str, completion: &str, disk_opts: &str) {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     require_kvm();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -1407,6 +1424,8 @@ fn guest_hostile(completion: &str, disk_opts: &str) {
         .args([
             "--memory",
             "256M",
+            "--io-mode",
+            mode,
             "--cmdline",
             &format!("tests=hostile completion={completion}"),
         ])
@@ -1441,7 +1460,7 @@ fn guest_hostile(completion: &str, disk_opts: &str) {
         .iter()
         .filter_map(|t| t.failure.as_ref().map(|f| format!("{}: {f}", t.name)))
         .collect();
-    assert!(failed.is_empty(), "guest-side hostile cases failed: {failed:#?}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}");
+    assert!(failed.is_empty(), "{mode}: guest-side hostile cases failed: {failed:#?}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}");
     assert!(
         hostile.len() >= 18,
         "only {} hostile cases ran:\n{stdout}\n{stderr}",
@@ -1456,13 +1475,17 @@ fn guest_hostile(completion: &str, disk_opts: &str) {
 }
 
 #[test]
-fn guest_side_hostile_cases_pass_polled() {
-    guest_hostile("poll", "");
+fn guest_side_hostile_cases_pass_polled_in_every_mode() {
+    for mode in ["vcpu", "iothread", "dataplane", "workers"] {
+        guest_hostile(mode, "poll", "");
+    }
 }
 
 #[test]
-fn guest_side_hostile_cases_pass_irq_two_queues_direct() {
-    guest_hostile("irq", ",queues=2,direct=on");
+fn guest_side_hostile_cases_pass_irq_two_queues_direct_in_every_mode() {
+    for mode in ["vcpu", "iothread", "dataplane", "workers"] {
+        guest_hostile(mode, "irq", ",queues=2,direct=on");
+    }
 }
 
 #[test]
@@ -1543,12 +1566,17 @@ fn hostile_same_head_twice_and_overlapping_rings() {
         r.publish(0, 0);
         r.publish(0, 0);
         r.kick(0);
+        // Each availability is served, or refused, or the device asks for a reset; never
+        // left unanswered, never more written than the chain offers.
         for _ in 0..2 {
             let o = r.outcome(0);
             assert!(
-                !matches!(o, Outcome::Used { len, .. } if len > 513),
+                matches!(o, Outcome::Used { len, .. } if len <= 513) || o == Outcome::NeedsReset,
                 "{o:?}"
             );
+            if o == Outcome::NeedsReset {
+                break;
+            }
         }
         r.reinit();
         // The used ring on top of the descriptor table: completions overwrite descriptors.
@@ -1671,6 +1699,10 @@ fn checks_catch_stray_writes_and_image_changes() {
         status: 0xee
     }
     .refused());
+    assert!(
+        !Outcome::Ignored.refused(),
+        "a request never returned is not refused"
+    );
     r.check_serves_io(false);
 }
 
@@ -1711,12 +1743,11 @@ fn hostile_data_direction_mismatch() {
 /// Each io mode runs in a child process (this test binary, running the ignored
 /// [`read_over_rings_child`]), so a hang is contained and killed.
 ///
-/// REGRESSION (fails today in `IoMode::Vcpu`): `QueueWorker::process_to_completion`
-/// (vmm/src/virtio_blk/handler.rs) loops forever once `process()` has set `failed` while the
-/// engine still holds operations: `process()` returns at once without reaping when `failed`
-/// is set, so `exec.in_flight()` never drops, and the sync engine's `wait()` returns at once.
-/// The vCPU thread spins inside `bar_write` (the notify) for good; in the real VMM SIGTERM
-/// then hangs too (`VcpuThreads::stop_and_join` waits for that vCPU forever).
+/// Regression test (fixed in c6ae761): in `IoMode::Vcpu` processing to completion looped
+/// forever once a ring failure stopped the queue while the engine still held operations
+/// (nothing reaped them), so the vCPU thread spun inside the notify exit for good and SIGTERM
+/// then hung too. A failed queue now retires what is in flight (`QueueService::process` in
+/// blk-device/src/service.rs).
 #[test]
 fn hostile_read_over_the_rings_with_requests_in_flight() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -1819,10 +1850,10 @@ fn device_cpu_ticks() -> u64 {
 /// After a ring failure with requests in flight (the read over the rings above), an idle
 /// device must not burn a CPU while it waits for the driver's reset.
 ///
-/// REGRESSION (fails today in `IoMode::Workers`): with `failed` set, `QueueWorker::process()`
-/// (vmm/src/virtio_blk/handler.rs) returns without reaping, so the pool's finished jobs stay
-/// pending; `run_thread`'s `prepare_sleep()` then reports completions every time and the
-/// queue thread loops without ever sleeping: ~100% of a core until the driver resets.
+/// Regression test (fixed in c6ae761): in `IoMode::Workers` a failed queue did not reap the
+/// pool's finished jobs, so the serving thread's `prepare_sleep` always saw completions and it
+/// never slept, keeping a core busy until the driver reset. A failed queue now retires them
+/// (`QueueService::process` in blk-device/src/service.rs).
 #[test]
 fn hostile_no_busy_loop_after_ring_failure() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());

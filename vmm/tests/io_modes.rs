@@ -49,6 +49,12 @@ fn assert_all_pass(what: &str, out: &str, status: Option<i32>) -> GuestReport {
         failed.is_empty(),
         "{what}: guest tests failed: {failed:#?}\n--- output ---\n{out}"
     );
+    // Our device offers every feature the suite tests: nothing may be skipped.
+    let skipped: Vec<_> = report.skipped().map(|t| t.name.clone()).collect();
+    assert!(
+        skipped.is_empty(),
+        "{what}: guest tests skipped: {skipped:?}"
+    );
     assert!(
         report.passed() >= 10,
         "{what}: too few tests ran ({}):\n{out}",
@@ -131,7 +137,12 @@ fn workers_mode_with_two_queues_passes_every_guest_test() {
 
 #[test]
 fn workers_mode_with_one_worker_and_no_polling_passes_every_guest_test() {
-    suite("workers", 2, &["--workers", "1", "--poll-us", "0"]);
+    // Every request through the pool: its one worker does all the I/O.
+    suite(
+        "workers",
+        2,
+        &["--workers", "1", "--poll-us", "0", "--handoff-depth", "0"],
+    );
 }
 
 #[test]
@@ -169,4 +180,77 @@ fn trace_and_metrics_files_are_written() {
     let m = std::fs::read_to_string(&metrics).expect("metrics file written");
     assert!(m.contains("\"devices\""), "{m}");
     assert!(m.contains(&img.display().to_string()), "{m}");
+}
+
+/// The names in the `io_threads` list of the first device of a metrics file: the threads that
+/// submitted its I/O to an engine, as the device model recorded them.
+fn io_threads(metrics: &str) -> Vec<String> {
+    let Some(at) = metrics.find("\"io_threads\":[") else {
+        return Vec::new();
+    };
+    let list = &metrics[at + "\"io_threads\":[".len()..];
+    let list = &list[..list.find(']').unwrap_or(0)];
+    list.split(',')
+        .map(|n| n.trim().trim_matches('"').to_string())
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+/// Runs the guest's self-tests on a two-queue disk in `mode` (plus `extra`) and returns the
+/// threads that did the disk's I/O.
+fn threads_doing_io(mode: &str, extra: &[&str]) -> Vec<String> {
+    let img = temp_image(&format!("where-{mode}.img"), 32 << 20);
+    let metrics = temp_dir().join(format!("where-{mode}-{}.json", extra.len()));
+    let disk = format!("path={},serial={SERIAL},queues=2", img.display());
+    let cmdline = format!("tests=all serial={SERIAL} completion=poll");
+    let mut args = vec![
+        "--io-mode",
+        mode,
+        "--disk",
+        &disk,
+        "--cmdline",
+        &cmdline,
+        "--metrics",
+        metrics.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let (out, status) = boot(&args);
+    assert_all_pass(mode, &out, status);
+    io_threads(&std::fs::read_to_string(&metrics).expect("metrics file written"))
+}
+
+#[test]
+fn each_mode_does_its_io_where_it_says() {
+    let only = |threads: &[String], allowed: &[&str], what: &str| {
+        assert!(!threads.is_empty(), "{what}: no I/O thread recorded");
+        assert!(
+            threads.iter().all(|t| allowed.contains(&t.as_str())),
+            "{what}: I/O on {threads:?}, expected only {allowed:?}"
+        );
+    };
+    // vcpu: the vCPU thread, inside its notify exit.
+    only(&threads_doing_io("vcpu", &[]), &["vcpu0"], "vcpu");
+    // iothread: the VM's one shared loop (which holds the VM-wide lock per turn).
+    only(
+        &threads_doing_io("iothread", &[]),
+        &["iothread"],
+        "iothread",
+    );
+    // dataplane: a thread per queue, and both queues' threads did I/O.
+    let dp = threads_doing_io("dataplane", &[]);
+    only(&dp, &["vblk-q0", "vblk-q1"], "dataplane");
+    assert_eq!(dp.len(), 2, "dataplane: one thread per queue: {dp:?}");
+    // workers, every request handed off: only pool threads.
+    only(
+        &threads_doing_io("workers", &["--workers", "2", "--handoff-depth", "0"]),
+        &["vblk-w0", "vblk-w1"],
+        "workers, all handed off",
+    );
+    // workers with no pool (what `auto` picks on a host with no core to spare): the queue
+    // threads themselves.
+    only(
+        &threads_doing_io("workers", &["--workers", "0"]),
+        &["vblk-q0", "vblk-q1"],
+        "workers without a pool",
+    );
 }

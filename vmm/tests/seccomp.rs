@@ -4,6 +4,8 @@
 //! A filter binds its thread for good, so every test applies it in a thread of its own (the
 //! test harness may run tests on its main thread).
 
+mod real_guest;
+
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 
@@ -351,4 +353,92 @@ fn violations_kill_the_process_with_sigsys() {
             out.status
         );
     }
+}
+
+/// The threads of process `pid` whose `Seccomp:` line in `/proc` is not 2 (filter mode), by
+/// name, and how many threads there are.
+fn unfiltered_threads(pid: u32) -> (Vec<String>, usize) {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/<pid>/task");
+    let mut unfiltered = Vec::new();
+    let mut threads = 0;
+    for task in tasks.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue; // the thread ended meanwhile
+        };
+        threads += 1;
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(str::trim)
+                .unwrap_or("?")
+                .to_string()
+        };
+        if field("Seccomp:") != "2" {
+            unfiltered.push(format!(
+                "{} (Seccomp: {})",
+                field("Name:"),
+                field("Seccomp:")
+            ));
+        }
+    }
+    (unfiltered, threads)
+}
+
+/// Starts the VMM with the guest's benchmark in `io_mode` (plus `extra` options), waits until
+/// the guest's I/O runs, and returns what [`unfiltered_threads`] finds then.
+fn threads_while_running(io_mode: &str, extra: &[&str]) -> (Vec<String>, usize) {
+    use std::io::{BufRead, BufReader};
+    real_guest::require_kvm();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = dir.path().join("disk.img");
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(64 << 20))
+        .expect("image");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .arg("--kernel")
+        .arg(real_guest::guest_elf())
+        .args(["--memory", "256M", "--io-mode", io_mode])
+        .args(extra)
+        .args([
+            "--cmdline",
+            "tests=none bench=randread bs=4096 qd=32 secs=3 completion=poll",
+        ])
+        .arg("--disk")
+        .arg(format!("path={},queues=2", image.display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start vmm");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    // The guest prints this line when its measured I/O starts: every thread is up by then.
+    let started = lines.any(|l| l.is_ok_and(|l| l.starts_with("# bench: start")));
+    assert!(started, "{io_mode}: the guest's benchmark never started");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let found = unfiltered_threads(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    found
+}
+
+#[test]
+fn every_thread_of_a_running_vmm_is_filtered() {
+    for (mode, extra) in [
+        ("vcpu", &[][..]),
+        ("iothread", &[][..]),
+        ("dataplane", &[][..]),
+        // Two pool workers that get every request: the worker threads exist and run.
+        ("workers", &["--workers", "2", "--handoff-depth", "0"][..]),
+    ] {
+        let (unfiltered, threads) = threads_while_running(mode, extra);
+        assert!(threads >= 3, "{mode}: only {threads} threads seen");
+        assert!(
+            unfiltered.is_empty(),
+            "{mode}: threads without a seccomp filter after set-up: {unfiltered:?}"
+        );
+    }
+    // The check can fail: with --seccomp off no thread is filtered, and it says so.
+    let (unfiltered, threads) = threads_while_running("dataplane", &["--seccomp", "off"]);
+    assert_eq!(unfiltered.len(), threads, "--seccomp off: {unfiltered:?}");
 }

@@ -51,8 +51,9 @@ struct Run {
     metrics: Value,
 }
 
-/// Boots the guest in io mode `mode`; `label` names the output files (tests run in parallel).
-fn run(label: &str, mode: &str, cmdline: &str) -> Run {
+/// Boots the guest in io mode `mode` with `extra` VMM options; `label` names the output files
+/// (tests run in parallel).
+fn run_with(label: &str, mode: &str, cmdline: &str, extra: &[&str]) -> Run {
     require_kvm();
     let dir = temp_dir();
     let (trace, metrics) = (
@@ -60,7 +61,7 @@ fn run(label: &str, mode: &str, cmdline: &str) -> Run {
         dir.join(format!("{label}-metrics.json")),
     );
     let disk = format!("path={},serial=trace", image(label).display());
-    let args: [&OsStr; 10] = [
+    let mut args: Vec<&OsStr> = vec![
         "--io-mode".as_ref(),
         mode.as_ref(),
         "--cmdline".as_ref(),
@@ -72,6 +73,7 @@ fn run(label: &str, mode: &str, cmdline: &str) -> Run {
         "--metrics".as_ref(),
         metrics.as_os_str(),
     ];
+    args.extend(extra.iter().map(|a| -> &OsStr { a.as_ref() }));
     let (stdout, status) = real_guest::boot(args, Duration::from_secs(120));
     assert_eq!(status, Some(0), "vmm --io-mode {mode} failed:\n{stdout}");
     let read = |p: &Path| {
@@ -146,8 +148,31 @@ fn requests(trace: &Value) -> Vec<Req> {
 /// Slices 1 ns apart print as 0.001 us; sums of a dozen such roundings stay below this.
 const ROUNDING_US: f64 = 0.02;
 
-/// The checks every traced run must pass; returns the number of requests.
+/// The stages every request of a run must have: what the device does to every request in
+/// every mode, `HandedToWorker` when the run hands requests to pool workers, and the guest's
+/// own stamps.
+fn required_stages(handed_off: bool) -> Vec<&'static str> {
+    let mut stages = vec![
+        "Popped",
+        "Parsed",
+        "BackendSubmit",
+        "BackendComplete",
+        "UsedPublished",
+        "GuestComplete",
+    ];
+    if handed_off {
+        stages.push("HandedToWorker");
+    }
+    stages
+}
+
+/// The checks every traced run must pass; returns the number of requests. `handed_off`:
+/// every request went through the pool (and only then may `HandedToWorker` appear).
 fn check_trace(mode: &str, r: &Run) -> usize {
+    check_trace_with(mode, r, false)
+}
+
+fn check_trace_with(mode: &str, r: &Run, handed_off: bool) -> usize {
     let other = r.trace.get("otherData").expect("otherData");
     let accuracy_us = num(other, &["mapping", "accuracy_ns"]) / 1e3;
     let reqs = requests(&r.trace);
@@ -175,6 +200,26 @@ fn check_trace(mode: &str, r: &Run) -> usize {
             (at - (start + dur)).abs() < ROUNDING_US,
             "{mode}: request {i}"
         );
+        // Every stage this run claims is there for every request; HandedToWorker only when
+        // requests were handed off.
+        let has = |stage: &str| q.stages.iter().any(|(n, _, _)| n == stage);
+        for stage in required_stages(handed_off) {
+            assert!(has(stage), "{mode}: request {i} has no {stage} slice");
+        }
+        if !handed_off {
+            assert!(!has("HandedToWorker"), "{mode}: request {i} was handed off");
+        }
+        // Independent clocks: the device's part (host TSC, from the pop to the used element)
+        // fits in the latency the guest measured on its own TSC.
+        let stamp = |stage: &str| q.stages.iter().find(|(n, _, _)| n == stage).map(|s| s.1);
+        if let (Some(pop), Some(used)) = (stamp("Popped"), stamp("UsedPublished")) {
+            let guest = q.guest_latency_us.unwrap_or(f64::INFINITY);
+            assert!(
+                used - pop <= guest + 2.0 * accuracy_us + ROUNDING_US,
+                "{mode}: request {i}: the device held it {} us, the guest waited {guest} us",
+                used - pop
+            );
+        }
         // The stages add up to what the guest measured, within the mapping's accuracy.
         let guest = q
             .guest_latency_us
@@ -227,12 +272,19 @@ fn bench_result(stdout: &str) -> Value {
 }
 
 fn check_mode(mode: &str) {
-    let r = run(
-        mode,
+    check_mode_with(mode, mode, &[]);
+}
+
+/// `label` names the run; `extra` VMM options (`--handoff-depth 0` hands every request off).
+fn check_mode_with(label: &str, mode: &str, extra: &[&str]) {
+    let r = run_with(
+        label,
         mode,
         "tests=none bench=randread bs=4096 qd=1 secs=1 completion=poll trace=1",
+        extra,
     );
-    let n = check_trace(mode, &r) as f64;
+    let handed_off = extra.windows(2).any(|w| w == ["--handoff-depth", "0"]);
+    let n = check_trace_with(mode, &r, handed_off) as f64;
     let other = r.trace.get("otherData").unwrap();
     // Every request the guest logged was found on the device, none lost.
     assert_eq!(num(other, &["guest_entries"]), n, "{mode}");
@@ -280,14 +332,30 @@ fn traced_dataplane_mode_is_consistent() {
 
 #[test]
 fn traced_workers_mode_is_consistent() {
-    check_mode("workers");
+    // No pool (what `--workers auto` picks on a host with no core to spare), whatever this
+    // host has: the queue threads do the I/O, and nothing is handed off.
+    check_mode_with("workers", "workers", &["--workers", "0"]);
+}
+
+#[test]
+fn traced_workers_mode_handing_every_request_off_is_consistent() {
+    check_mode_with(
+        "workers-pool",
+        "workers",
+        &["--workers", "2", "--handoff-depth", "0"],
+    );
 }
 
 /// The self-tests drive every request type through resets and several queue set-ups; every
 /// request the guest logged must still find its device stamps.
 #[test]
 fn self_tests_trace_completely() {
-    let r = run("selftests", "workers", "tests=all completion=poll trace=1");
+    let r = run_with(
+        "selftests",
+        "workers",
+        "tests=all completion=poll trace=1",
+        &["--workers", "0"],
+    );
     assert!(
         r.stdout.contains("TESTS passed=") && r.stdout.contains("failed=0"),
         "{}",

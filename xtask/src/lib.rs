@@ -2,8 +2,12 @@
 //! under our VMM or QEMU, and reading what it reports.
 
 pub mod bench;
+pub mod durability;
 pub mod guest;
 pub mod hostbench;
+#[path = "../../guest-test-kernel/src/pattern.rs"]
+#[allow(dead_code, missing_docs)]
+pub mod pattern;
 pub mod report;
 pub mod runner;
 pub mod stats;

@@ -8,8 +8,10 @@
 pub struct TestOutcome {
     /// Test name as printed by the guest.
     pub name: String,
-    /// `None` when it passed, the guest's reason when it failed.
+    /// `None` when it passed or was skipped, the guest's reason when it failed.
     pub failure: Option<String>,
+    /// The guest's reason when it did not run (`SKIP`: the device lacks what it tests).
+    pub skipped: Option<String>,
 }
 
 /// Everything of interest in one guest run's output.
@@ -45,7 +47,15 @@ impl GuestReport {
 
     /// Number of tests that passed.
     pub fn passed(&self) -> usize {
-        self.tests.iter().filter(|t| t.failure.is_none()).count()
+        self.tests
+            .iter()
+            .filter(|t| t.failure.is_none() && t.skipped.is_none())
+            .count()
+    }
+
+    /// Tests that did not run (`SKIP`).
+    pub fn skipped(&self) -> impl Iterator<Item = &TestOutcome> {
+        self.tests.iter().filter(|t| t.skipped.is_some())
     }
 }
 
@@ -62,10 +72,17 @@ fn parse_test(rest: &str) -> Option<TestOutcome> {
         "PASS" => Some(TestOutcome {
             name,
             failure: None,
+            skipped: None,
         }),
         "FAIL" => Some(TestOutcome {
             name,
             failure: Some(parts.next().unwrap_or("").to_string()),
+            skipped: None,
+        }),
+        "SKIP" => Some(TestOutcome {
+            name,
+            failure: None,
+            skipped: Some(parts.next().unwrap_or("").to_string()),
         }),
         _ => None,
     }
@@ -84,13 +101,31 @@ mod tests {
             r.tests[0],
             TestOutcome {
                 name: "rw-pattern".into(),
-                failure: None
+                failure: None,
+                skipped: None,
             }
         );
         assert_eq!(r.tests[1].failure.as_deref(), Some("status 1 at sector 7"));
         assert_eq!(r.passed(), 1);
         assert_eq!(r.failed().count(), 1);
         assert_eq!(r.results, vec!["{\"iops\": 5}".to_string()]);
+    }
+
+    #[test]
+    fn a_skip_is_neither_a_pass_nor_a_failure() {
+        let r = GuestReport::parse(
+            "TEST discard SKIP VIRTIO_BLK_F_DISCARD not offered
+TEST a PASS
+",
+        );
+        assert_eq!(
+            (r.passed(), r.failed().count(), r.skipped().count()),
+            (1, 0, 1)
+        );
+        assert_eq!(
+            r.tests[0].skipped.as_deref(),
+            Some("VIRTIO_BLK_F_DISCARD not offered")
+        );
     }
 
     #[test]

@@ -318,7 +318,9 @@ impl Activation<'_> {
             .map(|setup| {
                 let depth = engine_depth(setup.queue.size());
                 let engine = self.disk.engine_over(kind, depth, &self.mem)?;
-                Ok(self.served(setup, Box::new(Inline::new(engine, self.disk.merge()))))
+                let inline = Inline::new(engine, self.disk.merge())
+                    .recording_threads_in(self.observers.metrics.clone());
+                Ok(self.served(setup, Box::new(inline)))
             })
             .collect()
     }

@@ -58,6 +58,7 @@ pub fn start(mut act: Activation<'_>) -> Result<Box<dyn Serving>, DeviceError> {
         traces,
         &act.serve.thread_name,
         &act.serve.hook,
+        Some(act.observers.metrics.clone()),
     )
     .map_err(thread_err)?;
     let mut queues = Vec::with_capacity(setups.len());
@@ -65,7 +66,8 @@ pub fn start(mut act: Activation<'_>) -> Result<Box<dyn Serving>, DeviceError> {
         let engine = act
             .disk
             .engine_over(kind, engine_depth(setup.queue.size()), &act.mem)?;
-        let inline = Inline::new(engine, act.disk.merge());
+        let inline = Inline::new(engine, act.disk.merge())
+            .recording_threads_in(act.observers.metrics.clone());
         queues.push(act.served(
             setup,
             Box::new(Handoff::new(inline, kind, link, act.serve.handoff_depth)),

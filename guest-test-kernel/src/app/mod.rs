@@ -86,7 +86,12 @@ pub fn run(info: &crate::BootInfo) -> u32 {
         tally.record("soak", soak::run(&mut blk, secs, seed));
         dma::release(mark);
     }
-    crate::println!("TESTS passed={} failed={}", tally.passed, tally.failed);
+    crate::println!(
+        "TESTS passed={} failed={} skipped={}",
+        tally.passed,
+        tally.failed,
+        tally.skipped
+    );
     print_interrupts(&blk);
     let mut ok = tally.failed == 0;
 

@@ -76,6 +76,7 @@ fn device(
         fault: None,
         merge: true,
         fixed_buffers: true,
+        write_log: None,
     };
     (VirtioBlkPci::new(&cfg, ctx).expect("device"), mem)
 }

@@ -1,5 +1,5 @@
-//! Test outcomes: the reason of a failure as a fixed-size string (no allocation), and the
-//! `TEST <name> PASS|FAIL <why>` lines.
+//! Test outcomes: the reason of a failure (or of a skip) as a fixed-size string (no
+//! allocation), and the `TEST <name> PASS|FAIL <why>|SKIP <why>` lines.
 
 use core::fmt::{self, Write};
 
@@ -7,10 +7,13 @@ use core::fmt::{self, Write};
 /// stay cheap to return.
 const WHY_BYTES: usize = 120;
 
-/// Why a test failed, formatted into a fixed buffer (truncated if long).
+/// Why a test failed, or why it did not run (a skip), formatted into a fixed buffer
+/// (truncated if long).
 pub struct Why {
     buf: [u8; WHY_BYTES],
     len: u8,
+    /// The test did not run: the device lacks what it tests. Not a failure, not a pass.
+    skipped: bool,
 }
 
 impl Why {
@@ -19,10 +22,19 @@ impl Why {
         let mut w = Why {
             buf: [0; WHY_BYTES],
             len: 0,
+            skipped: false,
         };
         // Truncation is the only failure, and a truncated reason is still useful.
         let _ = w.write_fmt(args);
         w
+    }
+
+    /// A test that did not run, for the reason `args`.
+    pub fn skip(args: fmt::Arguments<'_>) -> Self {
+        Why {
+            skipped: true,
+            ..Why::new(args)
+        }
     }
 
     /// The reason as text.
@@ -70,6 +82,15 @@ macro_rules! fail {
 }
 pub(crate) use fail;
 
+/// Returns early from a test that cannot run here (the device lacks the feature it tests):
+/// it prints `SKIP`, which counts neither as a pass nor as a failure.
+macro_rules! skip {
+    ($($arg:tt)*) => {
+        return Err($crate::app::check::report::Why::skip(format_args!($($arg)*)))
+    };
+}
+pub(crate) use skip;
+
 /// Counts of finished tests.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Tally {
@@ -77,6 +98,8 @@ pub struct Tally {
     pub passed: u32,
     /// Tests that failed.
     pub failed: u32,
+    /// Tests that did not run (`SKIP`).
+    pub skipped: u32,
 }
 
 impl Tally {
@@ -86,6 +109,10 @@ impl Tally {
             Ok(()) => {
                 self.passed += 1;
                 crate::println!("TEST {name} PASS");
+            }
+            Err(why) if why.skipped => {
+                self.skipped += 1;
+                crate::println!("TEST {name} SKIP {}", why.as_str());
             }
             Err(why) => {
                 self.failed += 1;

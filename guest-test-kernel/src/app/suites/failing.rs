@@ -46,6 +46,9 @@ const ZERO: u32 = 1;
 /// Write generations start here, so a generation never packs to `UNKNOWN` or `ZERO`.
 const FIRST_GEN: u32 = 2;
 
+/// What a read buffer holds before the device fills it.
+const POISON: u8 = 0xa5;
+
 /// What a request's status must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expect {
@@ -267,12 +270,16 @@ impl Run<'_> {
         let slot = &mut self.slots[i];
         slot.write = write;
         slot.block = block;
+        // SAFETY: the slot is free: its buffer is in no request.
+        let buf = unsafe { dma::bytes(slot.buf, BLOCK_BYTES) };
         if write {
             slot.gen = self.next_gen;
             self.next_gen = self.next_gen.wrapping_add(1).max(FIRST_GEN);
-            // SAFETY: the slot is free: its buffer is in no request.
-            let buf = unsafe { dma::bytes(slot.buf, BLOCK_BYTES) };
             pattern::fill(buf, sector, mix64(self.seed ^ u64::from(slot.gen)));
+        } else {
+            // Poisoned: a read that reports OK without writing the buffer shows up as a
+            // mismatch instead of passing on the previous request's data.
+            buf.fill(POISON);
         }
         blk.submit(
             i % queues,
@@ -311,6 +318,22 @@ impl Run<'_> {
             (true, false) => self.c.writes_ioerr += 1,
             (false, true) => self.c.reads_ok += 1,
             (false, false) => self.c.reads_ioerr += 1,
+        }
+        // 5.2.6: the used length counts the bytes the device wrote: the data of an OK read
+        // plus the status byte; only the status byte otherwise.
+        let want_len = if ok && !slot.write {
+            BLOCK_BYTES as u32 + 1
+        } else {
+            1
+        };
+        if d.len != want_len {
+            self.c.unexpected += 1;
+            self.problem(format_args!(
+                "{} of block {}: used length {} but expected {want_len}",
+                if slot.write { "write" } else { "read" },
+                slot.block,
+                d.len
+            ));
         }
         let expect = self.expect(slot.block, slot.write);
         let fine = match d.status {

@@ -68,11 +68,14 @@ enum Outcome {
 }
 
 impl Outcome {
+    /// Returned with an error status or unused (length 0), or the device asked for a reset.
+    /// A request never returned is not refused: a driver would wait for it forever.
     fn refused(self) -> bool {
         match self {
             Outcome::Used { len: 0, .. } => true,
             Outcome::Used { status, .. } => status != VIRTIO_BLK_S_OK,
-            _ => true,
+            Outcome::NeedsReset => true,
+            Outcome::Ignored => false,
         }
     }
 }
@@ -833,18 +836,27 @@ fn status_out_of_order(r: &mut Raw) -> Result<(), Why> {
     mmio::write16(r.common + common::QUEUE_ENABLE, 1);
     r.in_chain(r.s(12), (r.a(DATA_IN), 512));
     let o = r.submit(0);
-    crate::println!(
-        "# hostile: DRIVER_OK before FEATURES_OK: {o:?}, status {:#x}",
-        r.status()
-    );
+    let status = r.status();
+    crate::println!("# hostile: DRIVER_OK before FEATURES_OK: {o:?}, status {status:#x}");
+    // 3.1.1: DRIVER_OK comes after FEATURES_OK; a device that has not accepted features is
+    // not live, and must not use buffers (3.1.1, 2.7: before DRIVER_OK nothing is consumed).
+    if status & st::DRIVER_OK != 0 {
+        fail!("DRIVER_OK accepted before FEATURES_OK (status {status:#x})");
+    }
+    if o != Outcome::Ignored {
+        fail!("a request was served by a device that is not live: {o:?}");
+    }
     r.set_status(st::ACKNOWLEDGE | st::DRIVER | st::DRIVER_OK | st::FEATURES_OK);
     r.set_status(st::ACKNOWLEDGE);
     r.set_status(st::FAILED);
     r.set_status(0xff);
-    crate::println!(
-        "# hostile: status after out-of-order writes: {:#x}",
-        r.status()
-    );
+    let status = r.status();
+    crate::println!("# hostile: status after out-of-order writes: {status:#x}");
+    // No features were written (VERSION_1 missing), so FEATURES_OK, and with it DRIVER_OK,
+    // can never have been accepted (2.2.2: the device fails to set FEATURES_OK).
+    if status & (st::FEATURES_OK | st::DRIVER_OK) != 0 {
+        fail!("FEATURES_OK or DRIVER_OK accepted without VERSION_1 (status {status:#x})");
+    }
     r.init()?;
     // A feature write after FEATURES_OK must not take effect or break the device.
     mmio::write32(r.common + common::DRIVER_FEATURE_SELECT, 1);
@@ -911,8 +923,8 @@ fn indices_out_of_range(r: &mut Raw) -> Result<(), Why> {
 
 /// A read whose data lands on the rings themselves, with two more copies of the chain
 /// behind it: the device finds garbage in its own rings while requests are in flight. It
-/// must refuse or ask for a reset, and come back after one. (Hangs the vCPU thread with
-/// `--io-mode vcpu` today: see the VMM's `hostile_read_over_the_rings_with_requests_in_flight`.)
+/// must refuse or ask for a reset, and come back after one. (It once hung the vCPU thread in
+/// `--io-mode vcpu`: see the VMM's `hostile_read_over_the_rings_with_requests_in_flight`.)
 fn read_over_rings(r: &mut Raw) -> Result<(), Why> {
     let s = r.s(14);
     r.write_read(s, 8, mix64(r.seed ^ 0x0e))?;
@@ -921,6 +933,9 @@ fn read_over_rings(r: &mut Raw) -> Result<(), Why> {
     r.publish(0);
     r.publish(0);
     r.kick(0);
-    let _ = r.outcome();
+    let o = r.outcome();
+    if !o.refused() {
+        fail!("a read over its own rings was neither refused nor made the device ask for a reset: {o:?}");
+    }
     r.init()
 }

@@ -430,6 +430,24 @@ fn complete(slot: &Slot, d: &Done, model: &mut Model, seed: u64, c: &mut Counts)
         Kind::Discard => c.discards += 1,
         Kind::WriteZeroes => c.write_zeroes += 1,
     }
+    // 5.2.6: the used length counts the bytes the device wrote: an OK read's data and the
+    // status byte, only the status byte for everything else.
+    let want_len = match slot.kind {
+        Kind::Read if d.status == VIRTIO_BLK_S_OK => (slot.sectors as u32) * SECTOR_SIZE as u32 + 1,
+        _ => 1,
+    };
+    if d.len != want_len {
+        c.mismatches += 1;
+        if c.mismatches <= SHOWN {
+            crate::println!(
+                "# soak: {:?} of {}+{}: used length {} but expected {want_len}",
+                slot.kind,
+                slot.sector,
+                slot.sectors,
+                d.len
+            );
+        }
+    }
     if d.status != VIRTIO_BLK_S_OK {
         c.errors += 1;
         if c.errors <= SHOWN {

@@ -11,7 +11,7 @@ use blk_proto::{
 use guest_test_kernel::pattern::{self, mix64, SECTOR_SIZE};
 
 use crate::app::check::pipeline::{self, Extent, Op, Pass, Split};
-use crate::app::check::report::{fail, Tally, Why};
+use crate::app::check::report::{fail, skip, Tally, Why};
 use crate::app::check::Env;
 use crate::app::driver::blk::{Blk, Request};
 use crate::app::driver::dma;
@@ -220,8 +220,7 @@ fn multi_segment(blk: &mut Blk, env: &Env<'_>) -> Result<(), Why> {
 
 fn indirect(blk: &mut Blk, env: &Env<'_>) -> Result<(), Why> {
     if !blk.has(VIRTIO_RING_F_INDIRECT_DESC) {
-        crate::println!("# indirect: VIRTIO_RING_F_INDIRECT_DESC not offered, nothing to test");
-        return Ok(());
+        skip!("VIRTIO_RING_F_INDIRECT_DESC not offered");
     }
     let cap = blk.capacity();
     for (round, write_indirect) in [true, false].into_iter().enumerate() {
@@ -495,8 +494,7 @@ fn middle_sector(blk: &Blk, env: &Env<'_>, align: u64, n: u32) -> u64 {
 
 fn discard(blk: &mut Blk, env: &Env<'_>) -> Result<(), Why> {
     if !blk.has(VIRTIO_BLK_F_DISCARD) {
-        crate::println!("# discard: VIRTIO_BLK_F_DISCARD not offered, nothing to test");
-        return Ok(());
+        skip!("VIRTIO_BLK_F_DISCARD not offered");
     }
     let cfg = blk.config();
     let align = u64::from(cfg.discard_sector_alignment.get()).clamp(8, 1 << 16);
@@ -508,8 +506,7 @@ fn discard(blk: &mut Blk, env: &Env<'_>) -> Result<(), Why> {
 
 fn write_zeroes(blk: &mut Blk, env: &Env<'_>) -> Result<(), Why> {
     if !blk.has(VIRTIO_BLK_F_WRITE_ZEROES) {
-        crate::println!("# write_zeroes: VIRTIO_BLK_F_WRITE_ZEROES not offered, nothing to test");
-        return Ok(());
+        skip!("VIRTIO_BLK_F_WRITE_ZEROES not offered");
     }
     let n = blk.config().max_write_zeroes_sectors.get().clamp(1, 256);
     for unmap in [false, true] {
