@@ -933,9 +933,12 @@ fn read_over_rings(r: &mut Raw) -> Result<(), Why> {
     r.publish(0);
     r.publish(0);
     r.kick(0);
+    // The first read is a valid request and may be served (the sync engine of the vcpu mode
+    // finishes it before the next is popped); what the device must not do is leave the
+    // driver without an answer: a used element or DEVICE_NEEDS_RESET.
     let o = r.outcome();
-    if !o.refused() {
-        fail!("a read over its own rings was neither refused nor made the device ask for a reset: {o:?}");
+    if o == Outcome::Ignored {
+        fail!("a read over its own rings was never answered");
     }
     r.init()
 }
