@@ -19,13 +19,11 @@ mod durability_log;
 #[allow(dead_code)]
 mod pattern;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use durability_log::{check, parse_flushed, parse_seed, Flushed};
+use durability_log::{check, parse_flushed, parse_seed, run_until_killed, Flushed};
 use pattern::{mix64, Rng};
 
 const IMAGE_BYTES: u64 = 16 << 20;
@@ -58,59 +56,18 @@ fn run_once(
         image.display(),
         if direct { "on" } else { "off" }
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
-        .arg("--kernel")
-        .arg(guest_elf())
-        .args([
-            "--memory",
-            "128M",
-            "--cmdline",
-            &format!("tests=durability seed={guest_seed:#x}"),
-            "--disk",
-            &disk,
-            "--io-mode",
-            io_mode,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start vmm");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut lines = Vec::new();
-    let mut flushes = std::collections::HashSet::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while flushes.len() < kill_after {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                if let Some(f) = parse_flushed(&line) {
-                    flushes.insert(f.n);
-                }
-                let failed = line.starts_with("TEST durability FAIL");
-                lines.push(line);
-                if failed {
-                    break;
-                }
-            }
-            Err(_) => break,
-        }
-    }
-    std::thread::sleep(delay);
-    // SIGKILL: no shutdown hook, no final fdatasync.
-    child.kill().expect("SIGKILL");
-    child.wait().expect("wait");
-    reader.join().expect("reader");
-    lines.extend(rx.try_iter());
+    let mut vmm = Command::new(env!("CARGO_BIN_EXE_vmm"));
+    vmm.arg("--kernel").arg(guest_elf()).args([
+        "--memory",
+        "128M",
+        "--cmdline",
+        &format!("tests=durability seed={guest_seed:#x}"),
+        "--disk",
+        &disk,
+        "--io-mode",
+        io_mode,
+    ]);
+    let lines = run_until_killed(vmm, kill_after, delay).expect("run the VMM");
     let out = lines.join("\n");
     assert!(
         !out.contains("TEST durability FAIL"),
@@ -137,7 +94,7 @@ fn run_once(
     assert_eq!(img.len() as u64, IMAGE_BYTES, "image size changed");
     let (blocks_checked, newer, losses) = check(seed, &listed, &img);
     RunResult {
-        flushes: flushes.len(),
+        flushes: listed.len(),
         blocks_checked,
         newer,
         losses,

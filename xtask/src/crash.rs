@@ -10,14 +10,12 @@
 //! rebuilt image. `--fault noflush` makes FLUSH complete without syncing (and without the
 //! log's marker): the check must then report losses, which shows it can fail.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use backend_raw::{parse_log, rebuild_image};
-use xtask::durability::{check, parse_flushed, parse_seed, Flushed};
+use xtask::durability::{check, parse_flushed, parse_seed, run_until_killed, Flushed};
 use xtask::guest::build_guest;
 use xtask::pattern::{mix64, Rng};
 
@@ -190,7 +188,16 @@ impl CrashPoint {
         if noflush {
             disk.push_str(",fault=noflush");
         }
-        let lines = self.boot_and_kill(guest, vmm, &disk)?;
+        let mut cmd = Command::new(vmm);
+        cmd.arg("--kernel")
+            .arg(guest)
+            .args(["--memory", "128M", "--io-mode", self.io_mode])
+            .args([
+                "--cmdline",
+                &format!("tests=durability seed={:#x}", self.guest_seed),
+            ])
+            .args(["--disk", &disk]);
+        let lines = run_until_killed(cmd, self.kill_after, self.delay)?;
         let out = lines.join("\n");
         if out.contains("TEST durability FAIL") {
             return Err(format!("the guest reported a failure:\n{}", tail(&out)));
@@ -222,59 +229,6 @@ impl CrashPoint {
         let _ = std::fs::remove_file(&image);
         let _ = std::fs::remove_file(&log);
         Ok(result)
-    }
-
-    /// Boots the durability workload, kills the VMM with SIGKILL after `kill_after` flushes and
-    /// `delay`, and returns what the guest printed until then.
-    fn boot_and_kill(&self, guest: &Path, vmm: &Path, disk: &str) -> Result<Vec<String>, String> {
-        let mut child = Command::new(vmm)
-            .arg("--kernel")
-            .arg(guest)
-            .args(["--memory", "128M", "--io-mode", self.io_mode])
-            .args([
-                "--cmdline",
-                &format!("tests=durability seed={:#x}", self.guest_seed),
-            ])
-            .args(["--disk", disk])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", vmm.display()))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let (tx, rx) = mpsc::channel::<String>();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut lines = Vec::new();
-        let mut flushes = 0;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while flushes < self.kill_after {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    flushes += usize::from(parse_flushed(&line).is_some());
-                    let failed = line.starts_with("TEST durability FAIL");
-                    lines.push(line);
-                    if failed {
-                        break;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        std::thread::sleep(self.delay);
-        // The crash point: no shutdown hook, no final fdatasync, the log as it stands.
-        let _ = child.kill();
-        let _ = child.wait();
-        let _ = reader.join();
-        lines.extend(rx.try_iter());
-        Ok(lines)
     }
 }
 

@@ -6,7 +6,11 @@
 //! every flushed sector that does not hold its flushed generation or a newer one. Shared by
 //! `cargo xtask crash` and the VMM's SIGKILL test (included there with `#[path]`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use crate::pattern::{self, mix64, SECTOR_SIZE};
 
@@ -104,6 +108,58 @@ pub fn check(seed: u64, listed: &[Flushed], img: &[u8]) -> (usize, usize, Vec<St
         }
     }
     (flushed.len(), newer, losses)
+}
+
+/// Starts `vmm` (a VMM command line booting the durability workload), waits until the guest has
+/// printed `kill_after` distinct `FLUSHED` lines (at most a minute) and then `delay`, kills it
+/// with SIGKILL (no shutdown hook, no final fdatasync: the crash point), and returns every line
+/// the guest printed until then.
+pub fn run_until_killed(
+    mut vmm: Command,
+    kill_after: usize,
+    delay: Duration,
+) -> Result<Vec<String>, String> {
+    let mut child = vmm
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start the VMM: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let mut flushes = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while flushes.len() < kill_after {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(f) = parse_flushed(&line) {
+                    flushes.insert(f.n);
+                }
+                let failed = line.starts_with("TEST durability FAIL");
+                lines.push(line);
+                if failed {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    std::thread::sleep(delay);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = reader.join();
+    lines.extend(rx.try_iter());
+    Ok(lines)
 }
 
 #[cfg(test)]
