@@ -624,7 +624,7 @@ fn read_chain(r: &mut Rig, sector: u64, data: (u64, u32)) {
 }
 
 fn assert_refused(o: Outcome, what: &str) {
-    assert!(o.refused(), "{what}: the device accepted it: {o:?}");
+    assert!(o.refused(), "{what}: neither refused nor a reset: {o:?}");
 }
 
 // --- the cases ------------------------------------------------------------------------------
