@@ -55,20 +55,11 @@ impl AdaptivePoll {
     }
 
     /// Calls `find_work` until it returns `true` or the window ends; returns whether it found work.
-    pub fn poll(&mut self, mut find_work: impl FnMut() -> bool) -> bool {
+    pub fn poll(&mut self, find_work: impl FnMut() -> bool) -> bool {
         if self.max.is_zero() {
             return false;
         }
-        let start = Instant::now();
-        loop {
-            if find_work() {
-                return true;
-            }
-            if start.elapsed() >= self.window {
-                return false;
-            }
-            std::hint::spin_loop();
-        }
+        spin(self.window, find_work).is_some()
     }
 
     /// Adapts the window to a sleep of `slept` after a poll that found nothing.
@@ -143,23 +134,35 @@ impl FlightPoll {
 
     /// Spins on `find_work` for the window; returns whether it found work, adapting the
     /// estimate either way.
-    pub fn poll(&mut self, mut find_work: impl FnMut() -> bool) -> bool {
+    pub fn poll(&mut self, find_work: impl FnMut() -> bool) -> bool {
         if !self.enabled() {
             return false;
         }
-        let start = Instant::now();
-        let window = self.window();
-        loop {
-            if find_work() {
-                self.completed_after(start.elapsed());
-                return true;
+        match spin(self.window(), find_work) {
+            Some(after) => {
+                self.completed_after(after);
+                true
             }
-            if start.elapsed() >= window {
+            None => {
                 self.missed();
-                return false;
+                false
             }
-            std::hint::spin_loop();
         }
+    }
+}
+
+/// Calls `find_work` until it returns `true` (then returns how long that took) or `window` has
+/// passed (then `None`).
+fn spin(window: Duration, mut find_work: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if find_work() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() >= window {
+            return None;
+        }
+        std::hint::spin_loop();
     }
 }
 
