@@ -269,6 +269,10 @@ impl InFlightTable {
             bytes += job.transfer().map_or(0, |t| t.2);
         }
         let Some(entry) = self.slots.get_mut(slot) else {
+            // Cannot happen (free slots are indices of `slots`); never strand the run.
+            while let Some(job) = self.run.pop() {
+                self.submit_or_refuse(job);
+            }
             return;
         };
         entry.generation = entry.generation.wrapping_add(1);
@@ -749,19 +753,22 @@ mod tests {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
         /// Against a model disk: whatever the batch and the failing range, merging on gives the
         /// same statuses, used lengths, guest data and disk as merging off, and a request
-        /// fails exactly when its own range touches the failing one.
+        /// fails exactly when its own range touches the failing one. The requests of a batch do
+        /// not overlap: concurrent overlapping requests have no defined order (a failed merged
+        /// write is retried after later requests of its batch), so no result to compare.
         #[test]
         fn merging_changes_nothing_but_the_number_of_operations(
-            reqs in proptest::collection::vec((proptest::bool::ANY, 0u64..60, 1u64..5), 1..24),
+            reqs in proptest::collection::vec((proptest::bool::ANY, 0u64..4, 1u64..5), 1..24),
             seq in proptest::bool::ANY,
-            bad in 0u64..70,
+            bad in 0u64..200,
         ) {
-            // Half the cases are one sequential stream, so that runs do form.
+            // Each request starts a gap of 0-3 sectors after the previous one ends (0: adjacent);
+            // half the cases are one sequential stream of reads, so that long runs form.
             let mut next = 0;
             let reqs: Vec<(bool, u64, u64)> = reqs
                 .into_iter()
-                .map(|(w, s, n)| {
-                    let s = if seq { next } else { s };
+                .map(|(w, gap, n)| {
+                    let s = next + if seq { 0 } else { gap };
                     next = s + n;
                     (w && !seq, s, n)
                 })
