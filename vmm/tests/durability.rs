@@ -11,6 +11,7 @@
 //! direct=on). Needs /dev/kvm: fails loudly without it.
 
 mod real_guest;
+use real_guest::report::tail;
 use real_guest::{guest_elf, require_kvm};
 #[path = "../../xtask/src/durability.rs"]
 #[allow(dead_code)]
@@ -72,12 +73,12 @@ fn run_once(
     assert!(
         !out.contains("TEST durability FAIL"),
         "the guest reported a failure:\n{}",
-        tail(&out)
+        tail(&out, 30)
     );
     let seed = lines
         .iter()
         .find_map(|l| parse_seed(l))
-        .unwrap_or_else(|| panic!("no DURABILITY line:\n{}", tail(&out)));
+        .unwrap_or_else(|| panic!("no DURABILITY line:\n{}", tail(&out, 30)));
     let listed: Vec<Flushed> = lines.iter().filter_map(|l| parse_flushed(l)).collect();
     assert!(
         listed
@@ -88,7 +89,7 @@ fn run_once(
             >= kill_after.min(3),
         "fewer than {} flushes before the kill:\n{}",
         kill_after.min(3),
-        tail(&out)
+        tail(&out, 30)
     );
     let img = std::fs::read(image).expect("image");
     assert_eq!(img.len() as u64, IMAGE_BYTES, "image size changed");
@@ -99,12 +100,6 @@ fn run_once(
         newer,
         losses,
     }
-}
-
-fn tail(out: &str) -> String {
-    let lines: Vec<&str> = out.lines().collect();
-    let from = lines.len().saturating_sub(30);
-    lines[from..].join("\n")
 }
 
 fn reps() -> usize {
@@ -205,7 +200,7 @@ fn soak(extra_cmdline: &str, disk_opts: &str) {
     let line = stdout
         .lines()
         .find(|l| l.starts_with("SOAK "))
-        .unwrap_or_else(|| panic!("no SOAK line:\n{}", tail(&stdout)));
+        .unwrap_or_else(|| panic!("no SOAK line:\n{}", tail(&stdout, 30)));
     let get = |k: &str| -> u64 {
         line.split(' ')
             .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('=')?.parse().ok())
@@ -220,10 +215,10 @@ fn soak(extra_cmdline: &str, disk_opts: &str) {
         (get("mismatches"), get("errors")),
         (0, 0),
         "{}",
-        tail(&stdout)
+        tail(&stdout, 30)
     );
-    assert!(stdout.contains("TEST soak PASS"), "{}", tail(&stdout));
-    assert_eq!(out.status.code(), Some(0), "{}", tail(&stdout));
+    assert!(stdout.contains("TEST soak PASS"), "{}", tail(&stdout, 30));
+    assert_eq!(out.status.code(), Some(0), "{}", tail(&stdout, 30));
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::hostbench::{self, Workload};
-use crate::report::GuestReport;
+use crate::report::{tail, GuestReport};
 use crate::runner::{qemu_command, run_guest, thread_cpu, Peer, RunOutput};
 use crate::stats::{cpu_us_per_io, median, spread_pct, Summary};
 
@@ -286,7 +286,7 @@ pub fn parse_guest_result(stdout: &str) -> Result<Summary, String> {
     let line = report.results.last().ok_or_else(|| {
         format!(
             "the guest printed no RESULT line; its output ended with:\n{}",
-            tail(stdout)
+            tail(stdout, 10)
         )
     })?;
     let v: Value =
@@ -309,11 +309,6 @@ pub fn parse_guest_result(stdout: &str) -> Result<Summary, String> {
         ios,
         cpu_us_per_io: None,
     })
-}
-
-fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(10)..].join("\n")
 }
 
 /// Reads fio's `--output-format=json`, with fio's own CPU time per I/O (its `usr_cpu` and
@@ -435,7 +430,7 @@ fn run_vmm(setup: &Setup, vmm: &VmmSystem, image: &Path, case: &Case) -> Result<
             "vmm {} ended with {:?}:\n{}",
             vmm.args.join(" "),
             out.guest_code,
-            tail(&out.stdout)
+            tail(&out.stdout, 10)
         ));
     }
     guest_summary(&out)
@@ -455,7 +450,7 @@ fn run_qemu(qemu: &Path, setup: &Setup, image: &Path, case: &Case) -> Result<Sum
         return Err(format!(
             "QEMU run ended with {:?}:\n{}",
             out.guest_code,
-            tail(&out.stdout)
+            tail(&out.stdout, 10)
         ));
     }
     guest_summary(&out)

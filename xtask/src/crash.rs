@@ -18,6 +18,7 @@ use backend_raw::{parse_log, rebuild_image};
 use xtask::durability::{check, parse_flushed, parse_seed, run_until_killed, Flushed};
 use xtask::guest::build_guest;
 use xtask::pattern::{mix64, Rng};
+use xtask::report::tail;
 
 /// Image of one run.
 const IMAGE_BYTES: u64 = 16 << 20;
@@ -200,12 +201,12 @@ impl CrashPoint {
         let lines = run_until_killed(cmd, self.kill_after, self.delay)?;
         let out = lines.join("\n");
         if out.contains("TEST durability FAIL") {
-            return Err(format!("the guest reported a failure:\n{}", tail(&out)));
+            return Err(format!("the guest reported a failure:\n{}", tail(&out, 20)));
         }
         let seed = lines
             .iter()
             .find_map(|l| parse_seed(l))
-            .ok_or_else(|| format!("no DURABILITY line:\n{}", tail(&out)))?;
+            .ok_or_else(|| format!("no DURABILITY line:\n{}", tail(&out, 20)))?;
         let listed: Vec<Flushed> = lines.iter().filter_map(|l| parse_flushed(l)).collect();
         let bytes =
             std::fs::read(&log).map_err(|e| format!("cannot read {}: {e}", log.display()))?;
@@ -230,11 +231,6 @@ impl CrashPoint {
         let _ = std::fs::remove_file(&log);
         Ok(result)
     }
-}
-
-fn tail(out: &str) -> String {
-    let lines: Vec<&str> = out.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 #[cfg(test)]

@@ -59,6 +59,12 @@ impl GuestReport {
     }
 }
 
+/// The last `n` lines of a guest's output, for an error message.
+pub fn tail(out: &str, n: usize) -> String {
+    let lines: Vec<&str> = out.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 fn after_keyword<'a>(line: &'a str, keyword: &str) -> Option<&'a str> {
     line.find(keyword)
         .filter(|&i| i == 0 || !line.as_bytes()[i - 1].is_ascii_alphanumeric())
