@@ -85,6 +85,8 @@ pub struct InFlightTable {
     split: u64,
     /// Where to record the thread that submits this table's I/O, and the last one recorded.
     io_threads: Option<(Arc<DeviceMetrics>, Option<ThreadId>)>,
+    /// Jobs were started since the last flush (the thread is looked at once per batch).
+    started: bool,
 }
 
 // SAFETY: `scratch` only holds addresses of guest RAM, which every thread of the process may
@@ -140,6 +142,7 @@ impl InFlightTable {
             stale: 0,
             split: 0,
             io_threads: None,
+            started: false,
         }
     }
 
@@ -150,8 +153,12 @@ impl InFlightTable {
         self
     }
 
-    /// Records the calling thread if it is not the one recorded last.
+    /// Records the calling thread if jobs were started since the last flush and it is not the
+    /// one recorded last: once per batch, never on a turn that found nothing.
     fn note_thread(&mut self) {
+        if !std::mem::take(&mut self.started) {
+            return;
+        }
         let Some((metrics, last)) = &mut self.io_threads else {
             return;
         };
@@ -195,7 +202,7 @@ impl InFlightTable {
         trace: &QueueTrace,
     ) -> Option<Box<IoJob>> {
         trace.stamp(Stage::BackendSubmit, job.head);
-        self.note_thread();
+        self.started = true;
         self.live += 1;
         if self.merge && job.transfer().is_some() {
             self.pending.push(job);
@@ -306,6 +313,7 @@ impl InFlightTable {
     /// reads and writes started since the last flush. A failure to push completes nothing:
     /// the submissions stay queued and the next call retries them.
     pub fn flush(&mut self) {
+        self.note_thread();
         if !self.pending.is_empty() {
             let mut pending = std::mem::take(&mut self.pending);
             let (mut bytes, mut iovecs) = (0u32, 0usize);
