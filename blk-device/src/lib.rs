@@ -21,4 +21,5 @@ pub mod request;
 pub mod scheduler;
 pub mod service;
 pub mod threads;
+pub mod throttle;
 pub mod trace;

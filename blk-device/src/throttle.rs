@@ -1,0 +1,508 @@
+//! I/O limits: token buckets per disk and throttle groups shared by several disks.
+//!
+//! A [`TokenBucket`] holds up to its burst in tokens and gains `rate` tokens a second; a
+//! request takes as many tokens as it costs. Arithmetic is in integers: time in nanoseconds,
+//! tokens scaled by 10^9 (a "nano-token" per nanosecond at a rate of one token a second), so
+//! no rounding drifts the long-run rate. A request bigger than the whole bucket could never
+//! fit; it is admitted when the bucket is full and leaves the bucket in debt, which later
+//! requests wait out.
+//!
+//! Every disk with limits has a [`DiskThrottle`] (its own buckets, and the [`ThrottleGroup`]
+//! it belongs to, if any). Each of its queues asks through a [`QueueThrottle`], which owns the
+//! timer that wakes the queue's serving thread when tokens return. The time source is a
+//! [`Clock`], so the buckets can be tested without sleeping.
+//!
+//! What a request costs ([`Charge::of`]): a read or write one op and its data bytes; FLUSH one
+//! op and no bytes; DISCARD and WRITE_ZEROES one op and no bytes (they move no data through
+//! the guest's buffers); GET_ID is answered without I/O and costs nothing.
+
+mod spec;
+mod timer;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use blk_proto::RequestType;
+
+pub use spec::{parse_size, GroupSpec, GroupSpecError, Limits, LimitsError};
+pub use timer::Timer;
+
+/// Nano-tokens per token.
+const SCALE: i128 = 1_000_000_000;
+/// The burst a bucket holds when none is given: this many milliseconds of its rate.
+pub const DEFAULT_BURST_MS: u64 = 20;
+
+/// A monotonic time source in nanoseconds.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Nanoseconds since an arbitrary fixed point.
+    fn now_ns(&self) -> u64;
+}
+
+/// `CLOCK_MONOTONIC`, the clock the timers run on.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MonotonicClock;
+
+impl Clock for MonotonicClock {
+    fn now_ns(&self) -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+        let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
+        secs.saturating_mul(1_000_000_000).saturating_add(nanos)
+    }
+}
+
+/// A clock that moves only when told (tests).
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    /// A clock reading `ns`.
+    pub fn at(ns: u64) -> Self {
+        ManualClock(AtomicU64::new(ns))
+    }
+
+    /// Moves the clock `ns` forward.
+    pub fn advance(&self, ns: u64) {
+        self.0.fetch_add(ns, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ns(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A token bucket: `rate` tokens a second, holding at most `burst` tokens; starts full.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: u64,
+    capacity: i128,
+    level: i128,
+    last_ns: u64,
+}
+
+/// The burst of a bucket of `rate` with no burst given: [`DEFAULT_BURST_MS`] of its rate, at
+/// least one token.
+pub fn default_burst(rate: u64) -> u64 {
+    (rate.saturating_mul(DEFAULT_BURST_MS) / 1000).max(1)
+}
+
+impl TokenBucket {
+    /// A full bucket of `rate` tokens a second holding up to `burst` (at least 1), at time
+    /// `now_ns`.
+    pub fn new(rate: u64, burst: u64, now_ns: u64) -> Self {
+        let capacity = i128::from(burst.max(1)) * SCALE;
+        TokenBucket {
+            rate: rate.max(1),
+            capacity,
+            level: capacity,
+            last_ns: now_ns,
+        }
+    }
+
+    /// Tokens gained since the last look, up to the capacity.
+    fn refill(&mut self, now_ns: u64) {
+        if now_ns > self.last_ns {
+            let gained = i128::from(now_ns - self.last_ns) * i128::from(self.rate);
+            self.level = (self.level + gained).min(self.capacity);
+            self.last_ns = now_ns;
+        }
+    }
+
+    /// Nanoseconds until a request of `cost` tokens may be taken (0: now). A cost above the
+    /// capacity waits for a full bucket.
+    pub fn wait_ns(&mut self, now_ns: u64, cost: u64) -> u64 {
+        self.refill(now_ns);
+        let need = (i128::from(cost) * SCALE).min(self.capacity);
+        if self.level >= need {
+            return 0;
+        }
+        let missing = need - self.level;
+        let rate = i128::from(self.rate);
+        u64::try_from((missing + rate - 1) / rate).unwrap_or(u64::MAX)
+    }
+
+    /// Takes `cost` tokens (after [`TokenBucket::wait_ns`] said 0); the level may go negative.
+    pub fn take(&mut self, cost: u64) {
+        self.level -= i128::from(cost) * SCALE;
+    }
+
+    /// Tokens now in the bucket, rounded down (negative: in debt).
+    pub fn tokens(&self) -> i128 {
+        self.level.div_euclid(SCALE)
+    }
+}
+
+/// Which way a request moves data, for the per-direction buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Reads from the disk.
+    Read,
+    /// Writes, discards and write-zeroes.
+    Write,
+    /// Flush: counted in the total only.
+    Other,
+}
+
+/// What one request costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Charge {
+    /// Its direction.
+    pub dir: Direction,
+    /// Data bytes charged to the bandwidth buckets.
+    pub bytes: u64,
+}
+
+impl Charge {
+    /// The cost of a request of `kind` moving `bytes` of data (see the module docs); `None`
+    /// for requests that are not charged at all.
+    pub fn of(kind: RequestType, bytes: u64) -> Option<Charge> {
+        let (dir, bytes) = match kind {
+            RequestType::In => (Direction::Read, bytes),
+            RequestType::Out => (Direction::Write, bytes),
+            RequestType::Discard | RequestType::WriteZeroes => (Direction::Write, 0),
+            RequestType::Flush => (Direction::Other, 0),
+            RequestType::GetId | RequestType::Unsupported(_) => return None,
+        };
+        Some(Charge { dir, bytes })
+    }
+}
+
+/// The buckets of one set of [`Limits`]: ops and bytes, total and per direction.
+#[derive(Debug, Clone)]
+pub struct BucketSet {
+    ops: [Option<TokenBucket>; 3],
+    bytes: [Option<TokenBucket>; 3],
+}
+
+impl BucketSet {
+    /// Full buckets for `limits` at time `now_ns`.
+    pub fn new(limits: &Limits, now_ns: u64) -> Self {
+        let bucket = |rate: Option<u64>, burst: Option<u64>| {
+            rate.map(|r| TokenBucket::new(r, burst.unwrap_or_else(|| default_burst(r)), now_ns))
+        };
+        BucketSet {
+            ops: [
+                bucket(limits.iops, limits.iops_burst),
+                bucket(limits.iops_rd, limits.iops_burst),
+                bucket(limits.iops_wr, limits.iops_burst),
+            ],
+            bytes: [
+                bucket(limits.bw, limits.bw_burst),
+                bucket(limits.bw_rd, limits.bw_burst),
+                bucket(limits.bw_wr, limits.bw_burst),
+            ],
+        }
+    }
+
+    /// The buckets `charge` draws from, with its cost in each.
+    fn each(&mut self, charge: Charge, mut f: impl FnMut(&mut TokenBucket, u64)) {
+        let dir = match charge.dir {
+            Direction::Read => Some(1),
+            Direction::Write => Some(2),
+            Direction::Other => None,
+        };
+        let (ops, bytes) = (&mut self.ops, &mut self.bytes);
+        let mut visit = |set: &mut [Option<TokenBucket>; 3], cost: u64| {
+            for (i, b) in set.iter_mut().enumerate() {
+                if let Some(b) = b.as_mut().filter(|_| i == 0 || Some(i) == dir) {
+                    f(b, cost);
+                }
+            }
+        };
+        visit(ops, 1);
+        if charge.bytes > 0 {
+            visit(bytes, charge.bytes);
+        }
+    }
+
+    /// Nanoseconds until `charge` fits every bucket it draws from (0: now).
+    pub fn wait_ns(&mut self, now_ns: u64, charge: Charge) -> u64 {
+        let mut wait = 0;
+        self.each(charge, |b, cost| wait = wait.max(b.wait_ns(now_ns, cost)));
+        wait
+    }
+
+    /// Takes `charge` from every bucket it draws from.
+    pub fn take(&mut self, charge: Charge) {
+        self.each(charge, |b, cost| b.take(cost));
+    }
+}
+
+/// The answer to a request for admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Run it now; its cost is taken.
+    Now,
+    /// Ask again after this many nanoseconds.
+    After(u64),
+    /// Another member of the group has the turn: the group wakes this one when its turn
+    /// comes.
+    Turn,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A member's handle in a [`ThrottleGroup`].
+pub type MemberId = usize;
+
+/// Limits shared by several disks (`--throttle-group`). Members with waiting work are served
+/// in turn (round robin): the one whose turn it is takes the next tokens; the others wait
+/// until the group wakes them.
+#[derive(Debug)]
+pub struct ThrottleGroup {
+    name: String,
+    state: Mutex<GroupState>,
+}
+
+#[derive(Debug)]
+struct GroupState {
+    buckets: BucketSet,
+    /// Members refused for lack of tokens or turn, in turn order.
+    waiting: VecDeque<MemberId>,
+    /// The timer of each member (None: slot free).
+    wakers: Vec<Option<Arc<Timer>>>,
+}
+
+impl ThrottleGroup {
+    /// A group called `name` with `limits`, its buckets full at `now_ns`.
+    pub fn new(name: &str, limits: &Limits, now_ns: u64) -> Self {
+        ThrottleGroup {
+            name: name.to_string(),
+            state: Mutex::new(GroupState {
+                buckets: BucketSet::new(limits, now_ns),
+                waiting: VecDeque::new(),
+                wakers: Vec::new(),
+            }),
+        }
+    }
+
+    /// The group's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Adds a member that is woken through `waker` when its turn comes.
+    pub fn join(&self, waker: Arc<Timer>) -> MemberId {
+        let mut s = lock(&self.state);
+        match s.wakers.iter().position(Option::is_none) {
+            Some(i) => {
+                if let Some(slot) = s.wakers.get_mut(i) {
+                    *slot = Some(waker);
+                }
+                i
+            }
+            None => {
+                s.wakers.push(Some(waker));
+                s.wakers.len() - 1
+            }
+        }
+    }
+
+    /// Removes a member; the next one gets the turn if it had it.
+    pub fn leave(&self, member: MemberId) {
+        let mut s = lock(&self.state);
+        let was_front = s.waiting.front() == Some(&member);
+        s.waiting.retain(|&m| m != member);
+        if let Some(slot) = s.wakers.get_mut(member) {
+            *slot = None;
+        }
+        if was_front {
+            s.wake_front();
+        }
+    }
+
+    /// Asks for `charge` on behalf of `member` at `now_ns`; `own_wait` is what the member's
+    /// own buckets ask (0: they admit it), `take_own` takes from them when the group admits.
+    fn admit(
+        &self,
+        member: MemberId,
+        now_ns: u64,
+        charge: Charge,
+        own_wait: u64,
+        take_own: impl FnOnce(),
+    ) -> Admission {
+        let mut s = lock(&self.state);
+        let front = s.waiting.front().copied();
+        if own_wait > 0 {
+            // Held back by its own limits: it must not hold the group's turn meanwhile.
+            if front == Some(member) {
+                s.waiting.pop_front();
+                s.wake_front();
+            }
+            s.waiting.retain(|&m| m != member);
+            return Admission::After(own_wait);
+        }
+        if front.is_some_and(|f| f != member) {
+            if !s.waiting.contains(&member) {
+                s.waiting.push_back(member);
+            }
+            return Admission::Turn;
+        }
+        let wait = s.buckets.wait_ns(now_ns, charge);
+        if wait > 0 {
+            if front.is_none() {
+                s.waiting.push_back(member);
+            }
+            return Admission::After(wait);
+        }
+        s.buckets.take(charge);
+        take_own();
+        if front == Some(member) {
+            s.waiting.pop_front();
+            s.wake_front();
+        }
+        Admission::Now
+    }
+}
+
+impl GroupState {
+    fn wake_front(&self) {
+        if let Some(t) = self
+            .waiting
+            .front()
+            .and_then(|&m| self.wakers.get(m))
+            .and_then(Option::as_ref)
+        {
+            t.arm_ns(1);
+        }
+    }
+}
+
+/// One disk's limits: its own buckets (shared by its queues) and its group.
+#[derive(Debug)]
+pub struct DiskThrottle {
+    own: Option<Mutex<BucketSet>>,
+    group: Option<Arc<ThrottleGroup>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl DiskThrottle {
+    /// The throttle of a disk with `limits` (if any) in `group` (if any), reading `clock`;
+    /// `None` when the disk has neither (an unlimited disk).
+    pub fn new(
+        limits: Option<&Limits>,
+        group: Option<Arc<ThrottleGroup>>,
+        clock: Arc<dyn Clock>,
+    ) -> Option<Arc<Self>> {
+        let limits = limits.filter(|l| !l.is_unlimited());
+        if limits.is_none() && group.is_none() {
+            return None;
+        }
+        let now = clock.now_ns();
+        Some(Arc::new(DiskThrottle {
+            own: limits.map(|l| Mutex::new(BucketSet::new(l, now))),
+            group,
+            clock,
+        }))
+    }
+
+    /// The time source.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The per-queue handle of this throttle, with a timer of its own.
+    pub fn queue(self: &Arc<Self>) -> std::io::Result<QueueThrottle> {
+        let timer = Arc::new(Timer::new()?);
+        let member = self.group.as_ref().map(|g| g.join(timer.clone()));
+        Ok(QueueThrottle {
+            disk: self.clone(),
+            member,
+            timer,
+            parked_since: None,
+        })
+    }
+
+    fn admit(&self, member: Option<MemberId>, charge: Charge) -> Admission {
+        let now = self.clock.now_ns();
+        let mut own = self.own.as_ref().map(lock);
+        let own_wait = own.as_mut().map_or(0, |b| b.wait_ns(now, charge));
+        match (&self.group, member) {
+            (Some(g), Some(m)) => g.admit(m, now, charge, own_wait, || {
+                if let Some(b) = own.as_mut() {
+                    b.take(charge);
+                }
+            }),
+            _ if own_wait > 0 => Admission::After(own_wait),
+            _ => {
+                if let Some(b) = own.as_mut() {
+                    b.take(charge);
+                }
+                Admission::Now
+            }
+        }
+    }
+}
+
+/// One queue's side of a [`DiskThrottle`]: asks for admission and arms its timer when
+/// refused.
+#[derive(Debug)]
+pub struct QueueThrottle {
+    disk: Arc<DiskThrottle>,
+    member: Option<MemberId>,
+    timer: Arc<Timer>,
+    /// When the request now parked was first refused.
+    parked_since: Option<u64>,
+}
+
+impl QueueThrottle {
+    /// Asks to run a request costing `charge`. When refused, the timer is armed for when to
+    /// ask again (or the group arms it when the queue's turn comes) and `false` is returned.
+    pub fn admit(&mut self, charge: Charge) -> bool {
+        match self.disk.admit(self.member, charge) {
+            Admission::Now => true,
+            Admission::After(ns) => {
+                self.timer.arm_ns(ns);
+                self.note_parked();
+                false
+            }
+            Admission::Turn => {
+                self.note_parked();
+                false
+            }
+        }
+    }
+
+    fn note_parked(&mut self) {
+        if self.parked_since.is_none() {
+            self.parked_since = Some(self.disk.clock.now_ns());
+        }
+    }
+
+    /// The parked request was admitted or dropped: how long it waited (ns), if it did.
+    pub fn unpark(&mut self) -> Option<u64> {
+        let since = self.parked_since.take()?;
+        Some(self.disk.clock.now_ns().saturating_sub(since))
+    }
+
+    /// The timer's fd, readable when the queue should ask again.
+    pub fn timer_fd(&self) -> i32 {
+        self.timer.fd()
+    }
+
+    /// Clears the timer's readiness.
+    pub fn drain_timer(&self) {
+        self.timer.drain();
+    }
+}
+
+impl Drop for QueueThrottle {
+    fn drop(&mut self) {
+        if let (Some(g), Some(m)) = (&self.disk.group, self.member) {
+            g.leave(m);
+        }
+    }
+}
