@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use backend_raw::{EngineKind, FaultSpec, FaultSpecError};
 
+use crate::throttle::{Limits, LimitsError};
+
 /// The longest serial number virtio-blk can report (`VIRTIO_BLK_ID_BYTES`).
 pub const SERIAL_MAX_BYTES: usize = blk_proto::VIRTIO_BLK_ID_BYTES;
 /// The largest queue size a split virtqueue may have here (2.7 "Split Virtqueues": a power of
@@ -40,6 +42,10 @@ pub struct DiskConfig {
     /// Log every write and flush the disk performs to this file (`write-log=PATH`), for crash
     /// tests ([`backend_raw::WriteLog`]).
     pub write_log: Option<PathBuf>,
+    /// I/O limits of this disk alone (`iops=`, `bw=`, ...; [`crate::throttle`]).
+    pub limits: Limits,
+    /// The `--throttle-group` whose limits this disk shares (`group=`).
+    pub group: Option<String>,
 }
 
 /// A rejected `--disk` value. The message names the problem and the fix.
@@ -49,7 +55,7 @@ pub enum DiskConfigError {
     #[error("--disk item '{0}' is not key=value: write e.g. --disk path=disk.img,readonly=on")]
     DiskSyntax(String),
     /// A `--disk` key we do not know.
-    #[error("--disk has unknown key '{0}': use path, readonly, direct, engine, queues, queue-size, serial, fault, merge, fixed-buffers or write-log")]
+    #[error("--disk has unknown key '{0}': use path, readonly, direct, engine, queues, queue-size, serial, fault, merge, fixed-buffers, write-log, iops, iops-rd, iops-wr, bw, bw-rd, bw-wr, iops-burst, bw-burst or group")]
     DiskUnknownKey(String),
     /// A `--disk` key given twice.
     #[error("--disk key '{0}' is given twice: keep one")]
@@ -80,6 +86,12 @@ pub enum DiskConfigError {
         /// Why it does not parse.
         reason: String,
     },
+    /// An I/O limit that does not parse or contradicts another.
+    #[error("--disk {0}")]
+    DiskLimit(#[from] LimitsError),
+    /// An empty `group=`.
+    #[error("--disk group= is empty: name a --throttle-group")]
+    DiskGroup,
     /// An image that cannot be opened.
     #[error("cannot open disk image {path}: {reason}: {fix}")]
     File {
@@ -132,6 +144,8 @@ impl DiskConfig {
             merge: true,
             fixed_buffers: true,
             write_log: None,
+            limits: Limits::default(),
+            group: None,
         };
         for item in s.split(',').filter(|i| !i.is_empty()) {
             let (key, value) = item
@@ -186,6 +200,9 @@ impl DiskConfig {
                         }
                     })?);
                 }
+                "group" if value.is_empty() => return Err(DiskConfigError::DiskGroup),
+                "group" => cfg.group = Some(value.to_string()),
+                _ if cfg.limits.set(key, value)? => {}
                 _ => return Err(DiskConfigError::DiskUnknownKey(key.to_string())),
             }
         }
@@ -193,6 +210,7 @@ impl DiskConfig {
             .filter(|p| !p.as_os_str().is_empty())
             .ok_or_else(|| DiskConfigError::DiskNoPath(s.to_string()))?;
         cfg.serial = serial.unwrap_or_else(|| default_serial(&cfg.path));
+        cfg.limits.check()?;
         Ok(cfg)
     }
 
@@ -272,12 +290,28 @@ mod tests {
                 matches!(e, DiskSerial(_))
             }),
             ("path=a,junk", |e| matches!(e, DiskSyntax(_))),
+            ("path=a,iops=0", |e| matches!(e, DiskLimit(_))),
+            ("path=a,bw=10Q", |e| matches!(e, DiskLimit(_))),
+            ("path=a,iops=9,iops-wr=3", |e| matches!(e, DiskLimit(_))),
+            ("path=a,bw-burst=1M", |e| matches!(e, DiskLimit(_))),
+            ("path=a,group=", |e| matches!(e, DiskGroup)),
         ];
         for (s, ok) in cases {
             let e = DiskConfig::parse(s).unwrap_err();
             assert!(ok(&e), "{s}: {e}");
             assert!(!e.to_string().contains('\n'));
         }
+    }
+
+    #[test]
+    fn disk_limits() {
+        let d = DiskConfig::parse("path=a,iops-rd=2000,bw-wr=20M,bw-burst=1M,group=g").unwrap();
+        assert_eq!(d.limits.iops_rd, Some(2000));
+        assert_eq!(d.limits.bw_wr, Some(20 << 20));
+        assert_eq!(d.limits.bw_burst, Some(1 << 20));
+        assert_eq!(d.group.as_deref(), Some("g"));
+        let e = DiskConfig::parse("path=a,iops=1,iops-rd=1").unwrap_err();
+        assert!(e.to_string().starts_with("--disk iops cannot be given with"), "{e}");
     }
 
     #[test]

@@ -193,6 +193,8 @@ impl Rig {
             merge: true,
             fixed_buffers: true,
             write_log: None,
+            limits: Default::default(),
+            group: None,
         };
         let dev = VirtioBlkPci::new(&cfg, ctx).expect("device");
         let layout = RingLayout::new(QSIZE).expect("layout");

@@ -77,6 +77,8 @@ fn device(
         merge: true,
         fixed_buffers: true,
         write_log: None,
+        limits: Default::default(),
+        group: None,
     };
     (VirtioBlkPci::new(&cfg, ctx).expect("device"), mem)
 }
