@@ -19,6 +19,7 @@ use crate::metrics::DeviceMetrics;
 use crate::mode::{Activation, QueueSetup, ServeOptions, Serving};
 use crate::request::RequestParser;
 use crate::service::Observers;
+use crate::throttle::{DiskThrottle, MonotonicClock};
 
 /// A virtio-blk device over a raw image or block device.
 #[derive(Debug)]
@@ -33,6 +34,8 @@ pub struct BlockDevice {
     metrics: Arc<DeviceMetrics>,
     /// Failed requests of every queue, logged up to a cap.
     failures: Arc<FailureLog>,
+    /// The disk's limits and group (`None`: unlimited).
+    throttle: Option<Arc<DiskThrottle>>,
 }
 
 /// The device while its queues are served; [`Active::stop`] (or drop) ends that.
@@ -72,11 +75,17 @@ impl BlockDevice {
         serve: ServeOptions,
         metrics: Arc<DeviceMetrics>,
     ) -> Result<Self, DeviceError> {
-        check_config(cfg)?;
+        check_config(cfg, &serve)?;
         let disk = OpenDisk::open(cfg)?;
         let offered = offered_features(disk.disk(), cfg);
         let config = device_config(disk.disk(), cfg, offered);
+        let throttle = DiskThrottle::new(
+            Some(&cfg.limits),
+            serve.throttle_group.clone(),
+            Arc::new(MonotonicClock),
+        );
         Ok(BlockDevice {
+            throttle,
             failures: Arc::new(FailureLog::new(&cfg.path)),
             disk,
             serial: cfg.serial.clone(),
@@ -147,6 +156,7 @@ impl BlockDevice {
             },
             disk: &self.disk,
             serve: &self.serve,
+            throttle: self.throttle.clone(),
         };
         let serving = (self.serve.mode.properties().start)(act)?;
         Ok(Active {
@@ -161,7 +171,7 @@ impl BlockDevice {
 }
 
 /// Checks what the `--disk` grammar cannot: the transport-independent bounds.
-fn check_config(cfg: &DiskConfig) -> Result<(), DeviceError> {
+fn check_config(cfg: &DiskConfig, serve: &ServeOptions) -> Result<(), DeviceError> {
     let bad = |reason: String| {
         Err(DeviceError::Config {
             path: cfg.path.clone(),
@@ -178,6 +188,12 @@ fn check_config(cfg: &DiskConfig) -> Result<(), DeviceError> {
         return bad(format!(
             "queue-size={} must be a power of two up to {MAX_QUEUE_SIZE}",
             cfg.queue_size
+        ));
+    }
+    if cfg.group.is_some() != serve.throttle_group.is_some() {
+        return bad(format!(
+            "group={} has no --throttle-group of that name: add --throttle-group name=G,iops=N",
+            cfg.group.as_deref().unwrap_or("")
         ));
     }
     Ok(())

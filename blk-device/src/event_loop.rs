@@ -22,11 +22,12 @@ use crate::poll::{AdaptivePoll, FlightPoll};
 use crate::service::QueueService;
 use crate::threads::{ThreadHook, ThreadRole};
 
-/// epoll tag of the stop eventfd; the queue in registry slot `s` uses `TAGS * s` for its kick
-/// and `TAGS * s + 1` for all its completion fds.
+/// epoll tag of the stop eventfd; the queue in registry slot `s` uses `TAGS * s` for its kick,
+/// `TAGS * s + 1` for all its completion fds and `TAGS * s + 2` for its throttle timer (a
+/// throttled queue sleeps until its tokens return, popping nothing and polling nothing).
 const STOP_TAG: u64 = u64::MAX;
 /// Tags per registry slot.
-const TAGS: u64 = 2;
+const TAGS: u64 = 3;
 
 /// A queue as handed to a loop: its service and the eventfd its kicks arrive on.
 #[derive(Debug)]
@@ -117,6 +118,9 @@ impl EventLoop {
             for fd in q.service.completion_fds() {
                 self.shared.add(fd, tag + 1)?;
             }
+            if let Some(fd) = q.service.throttle_fd() {
+                self.shared.add(fd, tag + 2)?;
+            }
             // Chains may already wait (the driver kicked before DRIVER_OK was handled): one
             // turn for the new queue.
             let _ = q.kick.write(1);
@@ -136,7 +140,7 @@ impl EventLoop {
             for &s in slots {
                 if let Some(q) = reg.get_mut(s).and_then(Option::take) {
                     self.shared.remove(q.kick.as_raw_fd());
-                    for fd in q.service.completion_fds() {
+                    for fd in q.service.completion_fds().chain(q.service.throttle_fd()) {
                         self.shared.remove(fd);
                     }
                     taken.push(q.service);
@@ -255,12 +259,14 @@ fn acknowledge(reg: &[Option<ServedQueue>], tag: u64) {
     let Some(Some(q)) = usize::try_from(tag / TAGS).ok().and_then(|s| reg.get(s)) else {
         return;
     };
-    if tag % TAGS == 0 {
-        // EAGAIN: already drained by an earlier event; nothing to do.
-        if q.kick.read().is_ok() {
-            q.service.kick_seen();
+    match tag % TAGS {
+        0 => {
+            // EAGAIN: already drained by an earlier event; nothing to do.
+            if q.kick.read().is_ok() {
+                q.service.kick_seen();
+            }
         }
-    } else {
-        q.service.drain_completion_fds();
+        1 => q.service.drain_completion_fds(),
+        _ => q.service.drain_throttle_fd(),
     }
 }

@@ -168,6 +168,8 @@ pub struct DeviceMetrics {
     kicks: AtomicU64,
     interrupts: AtomicU64,
     in_flight: AtomicI64,
+    throttled: AtomicU64,
+    throttled_ns: AtomicU64,
     latency: Histogram,
     /// Names of the threads that submitted this device's I/O to an engine.
     io_threads: Mutex<Vec<String>>,
@@ -187,6 +189,8 @@ impl DeviceMetrics {
             kicks: AtomicU64::new(0),
             interrupts: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
+            throttled: AtomicU64::new(0),
+            throttled_ns: AtomicU64::new(0),
             latency: Histogram::default(),
             io_threads: Mutex::new(Vec::new()),
         }
@@ -236,6 +240,26 @@ impl DeviceMetrics {
     #[inline]
     pub fn on_interrupt(&self) {
         self.interrupts.fetch_add(1, Relaxed);
+    }
+
+    /// A parsed request was held back by the disk's limits.
+    #[inline]
+    pub fn on_throttled(&self) {
+        self.throttled.fetch_add(1, Relaxed);
+    }
+
+    /// A held-back request ran after waiting `ns` for tokens.
+    #[inline]
+    pub fn on_throttled_for(&self, ns: u64) {
+        self.throttled_ns.fetch_add(ns, Relaxed);
+    }
+
+    /// Requests held back by the disk's limits, and their total wait (ns).
+    pub fn throttled(&self) -> (u64, u64) {
+        (
+            self.throttled.load(Relaxed),
+            self.throttled_ns.load(Relaxed),
+        )
     }
 
     /// Requests started.
@@ -301,7 +325,7 @@ impl DeviceMetrics {
         let _ = write!(
             s,
             "}},\"completed\":{},\"failed\":{},\"errors\":{},\"bytes\":{},\"kicks\":{},\
-             \"interrupts\":{},\"in_flight\":{},\"latency_ns\":{{\"count\":{},\"mean\":{:.1},\
+             \"interrupts\":{},\"in_flight\":{},\"throttled\":{},\"throttled_ns\":{},\"latency_ns\":{{\"count\":{},\"mean\":{:.1},\
              \"p50\":{},\"p90\":{},\"p99\":{},\"max\":{},\"buckets\":",
             self.completed(),
             self.failed.load(Relaxed),
@@ -310,6 +334,8 @@ impl DeviceMetrics {
             self.kicks.load(Relaxed),
             self.interrupts.load(Relaxed),
             self.in_flight(),
+            self.throttled().0,
+            self.throttled().1,
             l.count(),
             l.mean(),
             l.quantile(0.5),

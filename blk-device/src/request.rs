@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use crate::guest_iovec::IovecList;
 use crate::metrics::DeviceMetrics;
+use crate::throttle::Charge;
 
 /// A chain to return through the used ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +157,18 @@ impl IoJob {
     /// Data bytes a successful job transfers.
     pub fn bytes(&self) -> u32 {
         self.expect
+    }
+
+    /// What the job costs a throttled disk ([`Charge::of`]; `None`: nothing).
+    pub fn charge(&self) -> Option<Charge> {
+        let kind = match self.ops().first()? {
+            IoOp::Read { .. } => RequestType::In,
+            IoOp::Write { .. } => RequestType::Out,
+            IoOp::Flush => RequestType::Flush,
+            IoOp::Discard { .. } => RequestType::Discard,
+            IoOp::WriteZeroes { .. } => RequestType::WriteZeroes,
+        };
+        Charge::of(kind, u64::from(self.expect))
     }
 
     /// The engine operations of the job.

@@ -19,6 +19,7 @@ use crate::interrupt::Interrupt;
 use crate::metrics::DeviceMetrics;
 use crate::request::{IoJob, Outcome, RequestParser, Used};
 use crate::scheduler::Scheduler;
+use crate::throttle::QueueThrottle;
 use crate::trace::{QueueTrace, Stage, NO_HEAD};
 
 /// What a queue service reports to and through: shared by every queue of a device.
@@ -52,6 +53,10 @@ pub struct QueueService {
     /// When each head was popped, for the latency metric.
     started: Vec<Instant>,
     failed: bool,
+    /// The disk's limits (`None`: unlimited, the only cost is this branch).
+    throttle: Option<QueueThrottle>,
+    /// A parsed request the throttle refused: the queue pops nothing until it runs.
+    parked: Option<Box<IoJob>>,
 }
 
 impl std::fmt::Debug for QueueService {
@@ -98,7 +103,32 @@ impl QueueService {
             chain: DescriptorChain::new(),
             started: vec![Instant::now(); usize::from(size)],
             failed: false,
+            throttle: None,
+            parked: None,
         }
+    }
+
+    /// Serves the queue within the limits of `throttle`.
+    pub fn with_throttle(mut self, throttle: Option<QueueThrottle>) -> Self {
+        self.throttle = throttle;
+        self
+    }
+
+    /// The throttle timer's fd (readable when a throttled queue may go on), for epoll.
+    pub fn throttle_fd(&self) -> Option<i32> {
+        self.throttle.as_ref().map(QueueThrottle::timer_fd)
+    }
+
+    /// Clears the throttle timer's readiness after epoll reported it.
+    pub fn drain_throttle_fd(&self) {
+        if let Some(t) = &self.throttle {
+            t.drain_timer();
+        }
+    }
+
+    /// Whether a request waits for tokens (the queue pops nothing meanwhile).
+    pub fn is_throttled(&self) -> bool {
+        self.parked.is_some()
     }
 
     /// The queue's index.
@@ -171,10 +201,22 @@ impl QueueService {
         })
     }
 
-    /// Pops and starts every available chain while the scheduler has room.
+    /// Pops and starts every available chain while the scheduler has room and the throttle
+    /// admits what was popped.
     fn drain_avail(&mut self) -> Result<bool, QueueError> {
         let mut work = false;
-        while self.scheduler.has_room() && !self.free.is_empty() {
+        if let Some(job) = self.parked.take() {
+            if !self.scheduler.has_room() {
+                self.parked = Some(job);
+                return Ok(false);
+            }
+            self.admit(job);
+            if self.parked.is_some() {
+                return Ok(false);
+            }
+            work = true;
+        }
+        while self.scheduler.has_room() && !self.free.is_empty() && self.parked.is_none() {
             match self.queue.pop_into(&self.mem, &mut self.chain) {
                 Ok(false) => break,
                 Ok(true) => self.start_chain(),
@@ -208,6 +250,32 @@ impl QueueService {
             return;
         }
         self.trace.stamp(Stage::Parsed, head);
+        if self.throttle.is_some() {
+            return self.admit(job);
+        }
+        self.run(job);
+    }
+
+    /// Starts `job` if the throttle admits it; parks it otherwise (the throttle's timer or
+    /// its group wakes the queue to ask again).
+    fn admit(&mut self, job: Box<IoJob>) {
+        if let (Some(t), Some(charge)) = (&mut self.throttle, job.charge()) {
+            if !t.admit(charge) {
+                if self.parked.is_none() {
+                    self.observers.metrics.on_throttled();
+                    self.trace.stamp(Stage::Throttled, job.head);
+                }
+                self.parked = Some(job);
+                return;
+            }
+            if let Some(ns) = t.unpark() {
+                self.observers.metrics.on_throttled_for(ns);
+            }
+        }
+        self.run(job);
+    }
+
+    fn run(&mut self, job: Box<IoJob>) {
         if let Some(job) = self.scheduler.start(&self.mem, job, &self.trace) {
             self.used.push(job.used());
             self.free.push(job);
@@ -255,9 +323,10 @@ impl QueueService {
         }
     }
 
-    /// Asks the driver to kick again; `true` if chains arrived meanwhile (do not sleep).
+    /// Asks the driver to kick again; `true` if chains arrived meanwhile (do not sleep). A
+    /// throttled queue leaves kicks off: its timer wakes it, and its chains stay in the ring.
     pub fn enable_kicks(&mut self) -> bool {
-        if self.failed {
+        if self.failed || self.parked.is_some() {
             return false;
         }
         match self.queue.enable_notification(&self.mem) {
@@ -276,7 +345,7 @@ impl QueueService {
 
     /// Whether busy-polling can pay off now (see [`Scheduler::may_poll`]).
     pub fn may_poll(&self) -> bool {
-        self.scheduler.may_poll()
+        self.parked.is_none() && self.scheduler.may_poll()
     }
 
     /// Back from a sleep.
@@ -311,6 +380,12 @@ impl QueueService {
     /// re-enables kicks, going round again if chains slipped in meanwhile.
     pub fn serve_kick(&mut self) {
         self.kick_seen();
+        self.resume();
+    }
+
+    /// Serves what is available, to completion, then re-enables kicks (unless throttled),
+    /// going round again if chains slipped in meanwhile.
+    pub fn resume(&mut self) {
         loop {
             self.process_to_completion();
             if !self.enable_kicks() {
@@ -319,8 +394,12 @@ impl QueueService {
         }
     }
 
-    /// Waits for in-flight requests and completes them, popping nothing new (stop, reset).
+    /// Waits for in-flight requests and completes them, popping nothing new (stop, reset). A
+    /// parked request is dropped unstarted: a reset forgets it with the ring.
     pub fn quiesce(&mut self) {
+        if let Some(job) = self.parked.take() {
+            self.free.push(job);
+        }
         while self.scheduler.in_flight() > 0 {
             self.scheduler.wait();
             if self.failed {

@@ -46,11 +46,15 @@ pub enum Stage {
     UsedPublished = 6,
     /// The queue's interrupt was injected (per batch: [`NO_HEAD`] allowed).
     IrqInjected = 7,
+    /// The parsed request waits for its disk's tokens ([`crate::throttle`]); stamped once,
+    /// between `Parsed` and its submission, when the limits hold it back. Numbered last so
+    /// older traces keep their numbers.
+    Throttled = 8,
 }
 
 impl Stage {
     /// Every stage, in request order.
-    pub const ALL: [Stage; 8] = [
+    pub const ALL: [Stage; 9] = [
         Stage::KickSeen,
         Stage::Popped,
         Stage::Parsed,
@@ -59,6 +63,7 @@ impl Stage {
         Stage::BackendComplete,
         Stage::UsedPublished,
         Stage::IrqInjected,
+        Stage::Throttled,
     ];
 
     /// The stage with this `as u8` value.

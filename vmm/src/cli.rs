@@ -35,6 +35,11 @@ pub struct Cli {
     /// of backend-raw's FaultSpec, with `;` between conditions). Repeat for more disks.
     #[arg(long, value_name = "path=PATH,...")]
     pub disk: Vec<String>,
+    /// Limits shared by the disks that name the group with `--disk ...,group=G`; disks of one
+    /// group take turns for its tokens. Keys as in --disk: iops, iops-rd, iops-wr, bw, bw-rd,
+    /// bw-wr (K/M/G suffixes), iops-burst, bw-burst.
+    #[arg(long, value_name = "name=G,iops=N,bw=BYTES")]
+    pub throttle_group: Vec<String>,
     /// Which host threads serve the disks' queues.
     #[arg(long, default_value = "workers")]
     pub io_mode: IoMode,
@@ -104,7 +109,13 @@ impl Cli {
             .iter()
             .map(|d| DiskConfig::parse(d))
             .collect::<Result<Vec<_>, _>>()?;
+        let throttle_groups = self
+            .throttle_group
+            .iter()
+            .map(|g| g.parse())
+            .collect::<Result<Vec<_>, _>>()?;
         let config = VmConfig {
+            throttle_groups,
             kernel: self.kernel,
             cmdline: self.cmdline,
             memory_bytes: parse_memory(&self.memory)?,

@@ -9,6 +9,7 @@ use thiserror::Error;
 
 pub use backend_raw::EngineKind;
 pub use blk_device::config::{DiskConfig, DiskConfigError};
+pub use blk_device::throttle::{GroupSpec, GroupSpecError};
 pub use blk_device::mode::IoMode;
 
 /// The smallest guest RAM we accept: the guest image, its page tables and rings must fit.
@@ -49,6 +50,8 @@ pub struct VmConfig {
     pub seccomp: crate::seccomp::SeccompMode,
     /// Where the vCPU and I/O threads may run.
     pub cpu_affinity: crate::affinity::CpuAffinity,
+    /// Limits shared by the disks that name them (`--throttle-group`).
+    pub throttle_groups: Vec<GroupSpec>,
 }
 
 /// How many pool workers each disk gets in `IoMode::Workers` (`--workers auto|N`).
@@ -96,6 +99,15 @@ pub enum ConfigError {
     /// A `--disk` value that does not parse or whose image cannot be opened.
     #[error(transparent)]
     Disk(#[from] DiskConfigError),
+    /// A `--throttle-group` that does not parse.
+    #[error(transparent)]
+    ThrottleGroup(#[from] GroupSpecError),
+    /// Two `--throttle-group`s of one name.
+    #[error("--throttle-group name={0} is given twice: give each group its own name")]
+    GroupTwice(String),
+    /// A disk naming a group that was not given.
+    #[error("--disk group={0} names no --throttle-group: add --throttle-group name={0},iops=N (or bw=)")]
+    UnknownGroup(String),
     /// The same image given to two disks.
     #[error("disk image {0} is given twice: give each disk its own image")]
     DiskTwice(PathBuf),
@@ -164,7 +176,17 @@ impl VmConfig {
         if self.cmdline.len() >= crate::memory::CMDLINE_MAX_BYTES {
             return Err(ConfigError::CmdlineTooLong(self.cmdline.len()));
         }
+        for (i, g) in self.throttle_groups.iter().enumerate() {
+            if self.throttle_groups[..i].iter().any(|o| o.name == g.name) {
+                return Err(ConfigError::GroupTwice(g.name.clone()));
+            }
+        }
         for (i, d) in self.disks.iter().enumerate() {
+            if let Some(g) = d.group.as_ref() {
+                if !self.throttle_groups.iter().any(|t| &t.name == g) {
+                    return Err(ConfigError::UnknownGroup(g.clone()));
+                }
+            }
             if self.disks[..i].iter().any(|o| o.path == d.path) {
                 return Err(ConfigError::DiskTwice(d.path.clone()));
             }

@@ -269,6 +269,19 @@ pub fn attach_disks(
         None
     };
     let workers = pool_workers(config);
+    let clock = blk_device::throttle::MonotonicClock;
+    let groups: Vec<_> = config
+        .throttle_groups
+        .iter()
+        .map(|g| {
+            use blk_device::throttle::Clock;
+            Arc::new(blk_device::throttle::ThrottleGroup::new(
+                &g.name,
+                &g.limits,
+                clock.now_ns(),
+            ))
+        })
+        .collect();
     let mut all_metrics = Vec::with_capacity(config.disks.len());
     for (index, disk) in config.disks.iter().enumerate() {
         let metrics = Arc::new(DeviceMetrics::new(&disk.path.display().to_string()));
@@ -288,6 +301,10 @@ pub fn attach_disks(
             tracer: tracer.clone(),
             device_index: index,
             metrics,
+            throttle_group: disk
+                .group
+                .as_ref()
+                .and_then(|name| groups.iter().find(|g| g.name() == name).cloned()),
         };
         let dev = VirtioBlkPci::new(disk, ctx).map_err(|e| Error::Device {
             path: disk.path.clone(),

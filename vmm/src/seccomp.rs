@@ -500,6 +500,8 @@ fn disk_io(r: &mut Rules) -> Result<(), BackendError> {
         libc::SYS_fsync,
         libc::SYS_fallocate,
         libc::SYS_io_uring_enter,
+        // A throttled queue arms its timer (or a group member's) when tokens run out.
+        libc::SYS_timerfd_settime,
     ]);
     r.ioctls(&[BLKDISCARD])
 }
@@ -515,9 +517,13 @@ fn epoll(r: &mut Rules) {
 }
 
 /// Building an engine at DRIVER_OK (vCPU) or for the final sync (main): a duplicate of the
-/// image descriptor, an eventfd, an io_uring ring.
+/// image descriptor, an eventfd, an io_uring ring, and a limited disk's throttle timers.
 fn engine_setup(r: &mut Rules) -> Result<(), BackendError> {
-    r.allow(&[libc::SYS_eventfd2, libc::SYS_io_uring_setup]);
+    r.allow(&[
+        libc::SYS_eventfd2,
+        libc::SYS_io_uring_setup,
+        libc::SYS_timerfd_create,
+    ]);
     r.allow_values(libc::SYS_fcntl, 1, &[libc::F_DUPFD_CLOEXEC as u64])?;
     r.allow_values(
         libc::SYS_io_uring_register,

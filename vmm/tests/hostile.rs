@@ -176,6 +176,7 @@ impl Rig {
             device_index: 0,
             metrics: Arc::new(vmm::metrics::DeviceMetrics::new("hostile")),
             io_cpus: None,
+            throttle_group: None,
         };
         let engine = match mode {
             IoMode::Vcpu => EngineKind::Sync,

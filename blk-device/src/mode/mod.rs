@@ -32,6 +32,7 @@ use crate::inflight::engine_depth;
 use crate::request::RequestParser;
 use crate::scheduler::{Inline, Scheduler};
 use crate::service::{Observers, QueueService};
+use crate::throttle::{DiskThrottle, ThrottleGroup};
 use crate::threads::ThreadHook;
 use crate::trace::QueueTrace;
 
@@ -238,6 +239,8 @@ pub struct ServeOptions {
     pub hook: ThreadHook,
     /// Prefix of the names of those threads.
     pub thread_name: String,
+    /// The `--throttle-group` the disk belongs to (`group=`).
+    pub throttle_group: Option<Arc<ThrottleGroup>>,
 }
 
 impl ServeOptions {
@@ -254,6 +257,7 @@ impl ServeOptions {
             traces: Vec::new(),
             hook: ThreadHook::none(),
             thread_name: "vblk".into(),
+            throttle_group: None,
         }
     }
 }
@@ -273,6 +277,8 @@ pub struct Activation<'a> {
     pub disk: &'a OpenDisk,
     /// How to serve.
     pub serve: &'a ServeOptions,
+    /// The disk's limits (`None`: unlimited).
+    pub throttle: Option<Arc<DiskThrottle>>,
 }
 
 impl Activation<'_> {
@@ -294,7 +300,20 @@ impl Activation<'_> {
     }
 
     /// The service of `setup` over `scheduler`, with its kick eventfd.
-    pub fn served(&self, setup: QueueSetup, scheduler: Box<dyn Scheduler>) -> ServedQueue {
+    pub fn served(
+        &self,
+        setup: QueueSetup,
+        scheduler: Box<dyn Scheduler>,
+    ) -> Result<ServedQueue, DeviceError> {
+        let throttle = self
+            .throttle
+            .as_ref()
+            .map(DiskThrottle::queue)
+            .transpose()
+            .map_err(|source| DeviceError::Fd {
+                path: self.disk.path().to_path_buf(),
+                source,
+            })?;
         let service = QueueService::new(
             setup.index,
             setup.queue,
@@ -303,11 +322,12 @@ impl Activation<'_> {
             scheduler,
             self.trace(setup.index),
             self.observers.clone(),
-        );
-        ServedQueue {
+        )
+        .with_throttle(throttle);
+        Ok(ServedQueue {
             service,
             kick: setup.kick,
-        }
+        })
     }
 
     /// Every queue served on its own engine (of this mode's kind) by its serving thread.
@@ -320,7 +340,7 @@ impl Activation<'_> {
                 let engine = self.disk.engine_over(kind, depth, &self.mem)?;
                 let inline = Inline::new(engine, self.disk.merge())
                     .recording_threads_in(self.observers.metrics.clone());
-                Ok(self.served(setup, Box::new(inline)))
+                self.served(setup, Box::new(inline))
             })
             .collect()
     }

@@ -71,7 +71,7 @@ pub fn start(mut act: Activation<'_>) -> Result<Box<dyn Serving>, DeviceError> {
         queues.push(act.served(
             setup,
             Box::new(Handoff::new(inline, kind, link, act.serve.handoff_depth)),
-        ));
+        )?);
     }
     let loops = PerQueueLoops::start(queues, act.serve.poll_us, act.serve).map_err(thread_err)?;
     Ok(Box::new(WithPool {

@@ -40,6 +40,8 @@ pub enum Point {
     Popped,
     /// Device: [`Stage::Parsed`].
     Parsed,
+    /// Device: [`Stage::Throttled`] (only when the disk's limits held the request back).
+    Throttled,
     /// Device: [`Stage::HandedToWorker`].
     HandedToWorker,
     /// Device: [`Stage::BackendSubmit`].
@@ -55,7 +57,7 @@ pub enum Point {
 }
 
 /// Number of [`Point`]s.
-pub const POINTS: usize = 11;
+pub const POINTS: usize = 12;
 
 /// Which thread a segment ran on: one track each in the timeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -93,6 +95,7 @@ impl Point {
         Point::KickSeen,
         Point::Popped,
         Point::Parsed,
+        Point::Throttled,
         Point::HandedToWorker,
         Point::BackendSubmit,
         Point::BackendComplete,
@@ -109,6 +112,7 @@ impl Point {
             Point::KickSeen => "KickSeen",
             Point::Popped => "Popped",
             Point::Parsed => "Parsed",
+            Point::Throttled => "Throttled",
             Point::HandedToWorker => "HandedToWorker",
             Point::BackendSubmit => "BackendSubmit",
             Point::BackendComplete => "BackendComplete",
@@ -124,6 +128,7 @@ impl Point {
             Stage::KickSeen => Point::KickSeen,
             Stage::Popped => Point::Popped,
             Stage::Parsed => Point::Parsed,
+            Stage::Throttled => Point::Throttled,
             Stage::HandedToWorker => Point::HandedToWorker,
             Stage::BackendSubmit => Point::BackendSubmit,
             Stage::BackendComplete => Point::BackendComplete,
@@ -271,7 +276,11 @@ fn layer_of(p: Point, handed: bool) -> Layer {
     };
     match p {
         Point::GuestSubmit | Point::GuestKick | Point::GuestComplete => Layer::Guest,
-        Point::KickSeen | Point::Popped | Point::Parsed | Point::HandedToWorker => Layer::Handler,
+        Point::KickSeen
+        | Point::Popped
+        | Point::Parsed
+        | Point::Throttled
+        | Point::HandedToWorker => Layer::Handler,
         Point::BackendSubmit | Point::UsedPublished | Point::IrqInjected => serving,
         Point::BackendComplete => Layer::Backend,
     }

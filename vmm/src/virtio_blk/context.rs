@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use blk_device::event_loop::{EventLoop, LoopOptions};
 use blk_device::mode::{IoMode, ServeOptions};
 use blk_device::threads::{ThreadHook, ThreadRole};
+use blk_device::throttle::ThrottleGroup;
 
 use crate::affinity::pin_current_thread;
 use crate::interrupts::{InterruptError, MsiRouter};
@@ -45,6 +46,8 @@ pub struct DeviceContext {
     pub metrics: Arc<DeviceMetrics>,
     /// CPUs the device's threads are pinned to (`--cpu-affinity io=`).
     pub io_cpus: Option<Vec<usize>>,
+    /// The throttle group the disk shares limits with (`group=`).
+    pub throttle_group: Option<Arc<ThrottleGroup>>,
 }
 
 impl DeviceContext {
@@ -73,6 +76,7 @@ impl DeviceContext {
             device_index: 0,
             metrics: Arc::new(DeviceMetrics::new("virtio-blk")),
             io_cpus: None,
+            throttle_group: None,
         }
     }
 
@@ -94,6 +98,7 @@ impl DeviceContext {
                 .collect(),
             hook: thread_hook(self.io_cpus.clone()),
             thread_name: "vblk".into(),
+            throttle_group: self.throttle_group.clone(),
         }
     }
 }
