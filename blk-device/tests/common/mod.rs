@@ -64,6 +64,10 @@ pub struct Setup {
     /// 0: every request of the `workers` mode goes to the pool.
     pub handoff_depth: usize,
     pub poll_us: u32,
+    /// More `--disk` keys (`,key=value...`), e.g. limits.
+    pub extra: &'static str,
+    /// The throttle group the disk joins (with `group=` in `extra`).
+    pub group: Option<Arc<blk_device::throttle::ThrottleGroup>>,
 }
 
 impl Setup {
@@ -81,6 +85,8 @@ impl Setup {
             workers: 2,
             handoff_depth: 0,
             poll_us: 20,
+            extra: "",
+            group: None,
         }
     }
 }
@@ -113,6 +119,7 @@ impl Harness {
         if s.readonly {
             opts.push_str(",readonly=on");
         }
+        opts.push_str(s.extra);
         let cfg = DiskConfig::parse(&opts).expect("--disk");
         let shared = s.mode.properties().shared_loop.then(|| {
             Arc::new(
@@ -130,6 +137,7 @@ impl Harness {
             workers: s.workers,
             handoff_depth: s.handoff_depth,
             shared_loop: shared.clone(),
+            throttle_group: s.group.clone(),
             ..ServeOptions::new(s.mode)
         };
         let dev =
