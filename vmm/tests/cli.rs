@@ -69,3 +69,48 @@ fn not_an_elf() {
     let (_d, k) = kernel_file();
     one_line_error(&["--kernel", &k], "not an ELF file");
 }
+
+#[test]
+fn bad_limits_and_groups() {
+    let (d, k) = kernel_file();
+    let img = d.path().join("d.img");
+    std::fs::write(&img, [0u8; 4096]).unwrap();
+    let disk = |extra: &str| format!("path={}{extra}", img.display());
+    for (args, needle) in [
+        (vec!["--disk", &disk(",iops=0")], "--disk iops=0 is invalid"),
+        (vec!["--disk", &disk(",bw=fast")], "--disk bw=fast is invalid"),
+        (
+            vec!["--disk", &disk(",iops=10,iops-wr=5")],
+            "iops cannot be given with iops-rd or iops-wr",
+        ),
+        (
+            vec!["--disk", &disk(",iops-burst=100")],
+            "iops-burst needs a rate",
+        ),
+        (
+            vec!["--disk", &disk(",group=g")],
+            "--disk group=g names no --throttle-group",
+        ),
+        (
+            vec!["--throttle-group", "name=g"],
+            "--throttle-group 'name=g' sets no limit",
+        ),
+        (
+            vec!["--throttle-group", "iops=5"],
+            "--throttle-group 'iops=5' has no name",
+        ),
+        (
+            vec![
+                "--throttle-group",
+                "name=g,iops=5",
+                "--throttle-group",
+                "name=g,bw=1M",
+            ],
+            "name=g is given twice",
+        ),
+    ] {
+        let mut all = vec!["--kernel", &k];
+        all.extend(args.iter().copied());
+        one_line_error(&all, needle);
+    }
+}
