@@ -218,6 +218,9 @@ pub struct Options<'a> {
     /// `tests=failing`: loop this many seconds, where requests in the range *may* fail
     /// (`failing_secs=`); without it they *must* fail.
     pub failing_secs: Option<u32>,
+    /// Virtio-blk disks the benchmark drives at once (`disks=`, 1 or 2; the self-tests use
+    /// the first).
+    pub disks: u32,
 }
 
 impl Default for Options<'_> {
@@ -239,6 +242,7 @@ impl Default for Options<'_> {
             fail_hi: None,
             fail_ops: FailOps::Any,
             failing_secs: None,
+            disks: 1,
         }
     }
 }
@@ -311,6 +315,11 @@ impl<'a> Options<'a> {
             }
             "qd" => self.qd = parse_u32_nonzero(value).ok_or(bad)?,
             "secs" => self.secs = parse_u32_nonzero(value).ok_or(bad)?,
+            "disks" => {
+                self.disks = parse_u32_nonzero(value)
+                    .filter(|&n| n <= 2)
+                    .ok_or(bad)?
+            }
             "completion" => {
                 self.completion = match value {
                     "poll" => Completion::Poll,
@@ -447,6 +456,9 @@ mod tests {
             ]
         );
         assert_eq!(Features::Minimal.name(), "minimal");
+        assert_eq!(Options::parse("disks=2").disks, 2);
+        assert_eq!(Options::parse("disks=3").disks, 1);
+        assert_eq!(Options::problems("disks=0").count(), 1);
         assert_eq!(Kick::Always.name(), "always");
     }
 

@@ -97,7 +97,30 @@ pub fn run(info: &crate::BootInfo) -> u32 {
 
     if let Some(workload) = opts.bench {
         let mark = dma::mark();
-        if let Err(why) = bench::run(&mut blk, &opts, workload, seed, info.tsc_hz) {
+        let result = if opts.disks > 1 {
+            match second_disk(cam, bdf, &env) {
+                Ok(other) => {
+                    let mut pair = [blk, other];
+                    let r = bench::run(&mut pair, &opts, workload, seed, info.tsc_hz);
+                    let [first, other] = pair;
+                    if let Err(e) = other.reset() {
+                        crate::println!("second virtio-blk: final reset: {e}");
+                    }
+                    blk = first;
+                    r
+                }
+                Err(why) => Err(why),
+            }
+        } else {
+            bench::run(
+                core::slice::from_mut(&mut blk),
+                &opts,
+                workload,
+                seed,
+                info.tsc_hz,
+            )
+        };
+        if let Err(why) = result {
             crate::println!("BENCH FAIL {}", why.as_str());
             ok = false;
         }
@@ -113,11 +136,35 @@ pub fn run(info: &crate::BootInfo) -> u32 {
     u32::from(!ok)
 }
 
+/// The virtio-blk disk after `first` (`disks=2`), initialized quietly like the first.
+fn second_disk(cam: PortCam, first: Bdf, env: &Env<'_>) -> Result<Blk, check::report::Why> {
+    let Some(bdf) = find_disk_after(cam, Some(first)) else {
+        return Err(check::report::Why::new(format_args!(
+            "disks=2 but only one virtio-blk device"
+        )));
+    };
+    cam.place_bars_below_4g(bdf)
+        .map_err(|e| check::report::Why::new(format_args!("virtio-blk {}: {e}", Show(bdf))))?;
+    Blk::init(cam, bdf, env.ram_end, env.opts.driver(), MAX_QUEUES, true).map_err(|e| {
+        check::report::Why::new(format_args!("virtio-blk {}: init failed: {e}", Show(bdf)))
+    })
+}
+
 /// The first virtio-blk function: modern, or transitional with the modern capabilities.
 fn find_disk(cam: PortCam) -> Option<Bdf> {
+    find_disk_after(cam, None)
+}
+
+/// The first virtio-blk function after `after` (in bus order), or the first of all.
+fn find_disk_after(cam: PortCam, after: Option<Bdf>) -> Option<Bdf> {
     let mut found = None;
+    let mut skipping = after.is_some();
     cam.for_each_function(0, &mut |bdf, vendor, device| {
         if found.is_some() || vendor != VIRTIO_VENDOR {
+            return;
+        }
+        if skipping {
+            skipping = Some(bdf) != after;
             return;
         }
         let modern = device == VIRTIO_BLK_MODERN
