@@ -5,6 +5,7 @@ use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 mod crash;
+mod qos;
 mod soak;
 
 use xtask::bench;
@@ -19,8 +20,9 @@ mod trace_summary;
 const DISK_SIZE: u64 = 256 << 20;
 const DISK_SERIAL: &str = "xtask-disk0";
 
-fn usage() -> &'static str {
-    "usage: cargo xtask <command>
+fn usage() -> String {
+    format!(
+        "usage: cargo xtask <command>
 
 commands:
   run [--io-mode vcpu|iothread|dataplane|workers] [--completion poll|irq] [--secs N]
@@ -43,9 +45,12 @@ commands:
   trace [--io-mode vcpu|iothread|dataplane|workers] [--workload randread-4k-qd1]
         a short traced run per io mode (vmm --trace, guest trace=1): per-stage latency
         table, target/trace/<mode>.json (Perfetto / chrome://tracing), target/trace/timeline.svg
+{}
   test  the project's test suite: fmt, cargo test --workspace, clippy, doc, run, crosscheck,
         bench --quick (VMM modes), crash points (and noflush ones that must lose data), a
-        2-minute soak"
+        2-minute soak, qos --quick",
+        qos::USAGE
+    )
 }
 
 struct Options {
@@ -384,6 +389,8 @@ fn cmd_test() -> Result<bool, String> {
     ok &= !lying;
     // Two minutes of verified mixed I/O across both queues.
     ok &= soak::run(&root, &vmm, &soak::parse(&strings(&["--minutes", "2"]))?)?;
+    // I/O limits hold, from inside the guest.
+    ok &= qos::run(&root, &vmm, true)?;
     Ok(ok)
 }
 
@@ -402,6 +409,10 @@ fn main() -> ExitCode {
         "soak" => Some(
             soak::parse(rest)
                 .map(|o| build_vmm(&root()).and_then(|vmm| soak::run(&root(), &vmm, &o))),
+        ),
+        "qos" => Some(
+            qos::parse(rest)
+                .map(|quick| build_vmm(&root()).and_then(|vmm| qos::run(&root(), &vmm, quick))),
         ),
         "crash" => Some(
             crash::parse(rest)
