@@ -235,40 +235,40 @@ pub fn qemu_command(
     cache: &str,
     serial: &str,
 ) -> Command {
+    let mut cmd = qemu_machine(qemu, guest, cmdline);
+    cmd.args(["-object", "iothread,id=io0", "-drive"])
+        .arg(format!(
+            "file={},if=none,id=d0,format=raw,cache={cache},aio=io_uring",
+            image.display()
+        ))
+        .arg("-device")
+        .arg(format!(
+            "virtio-blk-pci,drive=d0,iothread=io0,serial={serial},disable-legacy=on"
+        ));
+    cmd
+}
+
+/// Guest RAM of every QEMU run, in MiB.
+pub const QEMU_MEMORY_MIB: u32 = 256;
+
+/// QEMU (q35, KVM, [`QEMU_MEMORY_MIB`] of RAM) booting `guest` with `cmdline`, its serial port
+/// on stdout and the exit port the guest reports through; no disk yet.
+pub fn qemu_machine(qemu: &Path, guest: &Path, cmdline: &str) -> Command {
     let mut cmd = Command::new(qemu);
-    cmd.args([
-        "-M",
-        "q35",
-        "-enable-kvm",
-        "-cpu",
-        "host,-arch-capabilities",
-        "-m",
-        "256",
-    ])
-    .args([
-        "-nographic",
-        "-no-reboot",
-        "-nodefaults",
-        "-serial",
-        "stdio",
-    ])
-    .args([
-        "-device",
-        "isa-debug-exit,iobase=0xf4,iosize=4",
-        "-object",
-        "iothread,id=io0",
-    ])
-    .arg("-kernel")
-    .arg(guest)
-    .args(["-append", cmdline, "-drive"])
-    .arg(format!(
-        "file={},if=none,id=d0,format=raw,cache={cache},aio=io_uring",
-        image.display()
-    ))
-    .arg("-device")
-    .arg(format!(
-        "virtio-blk-pci,drive=d0,iothread=io0,serial={serial},disable-legacy=on"
-    ));
+    cmd.args(["-M", "q35", "-enable-kvm", "-cpu", "host,-arch-capabilities"])
+        .arg("-m")
+        .arg(QEMU_MEMORY_MIB.to_string())
+        .args([
+            "-nographic",
+            "-no-reboot",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+        ])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
+        .arg("-kernel")
+        .arg(guest)
+        .args(["-append", cmdline]);
     cmd
 }
 
