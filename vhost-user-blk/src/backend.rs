@@ -21,11 +21,10 @@ use blk_device::mode::QueueSetup;
 use blk_proto::features::VIRTIO_RING_F_EVENT_IDX;
 use blk_proto::Features;
 use vhost::vhost_user::message::{
-    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags,
-    VhostUserInflight, VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures,
-    VhostUserShMemConfig, VhostUserSharedMsg, VhostUserSingleMemoryRegion,
-    VhostUserVirtioFeatures, VhostUserVringAddrFlags, VhostUserVringState,
-    VHOST_USER_CONFIG_SIZE,
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
+    VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig,
+    VhostUserSharedMsg, VhostUserSingleMemoryRegion, VhostUserVirtioFeatures,
+    VhostUserVringAddrFlags, VhostUserVringState, VHOST_USER_CONFIG_SIZE,
 };
 use vhost::vhost_user::{Error, GpuBackend, Result, VhostUserBackendReqHandlerMut};
 use vhost::VhostUserMemoryRegionBase;
@@ -111,7 +110,10 @@ impl VhostUserBlk {
             Ok(i) if i < self.vrings.len() => Ok(i),
             _ => refuse(
                 self,
-                format!("vring {index} does not exist: the device has {} queues", self.vrings.len()),
+                format!(
+                    "vring {index} does not exist: the device has {} queues",
+                    self.vrings.len()
+                ),
                 Error::InvalidParam,
             ),
         }
@@ -257,7 +259,8 @@ impl VhostUserBackendReqHandlerMut for VhostUserBlk {
     }
 
     fn get_features(&mut self) -> Result<u64> {
-        Ok(self.device.offered_features().bits() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits())
+        Ok(self.device.offered_features().bits()
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits())
     }
 
     fn set_features(&mut self, features: u64) -> Result<()> {
@@ -294,7 +297,13 @@ impl VhostUserBackendReqHandlerMut for VhostUserBlk {
             .collect();
         let table = match MemoryTable::map(&specs, files) {
             Ok(t) => t,
-            Err(e) => return refuse(self, format!("memory table refused: {e}"), Error::InvalidParam),
+            Err(e) => {
+                return refuse(
+                    self,
+                    format!("memory table refused: {e}"),
+                    Error::InvalidParam,
+                )
+            }
         };
         // Running rings move to the new map: stopped where they are, restarted over it.
         let running: Vec<usize> = (0..self.vrings.len())
@@ -413,7 +422,10 @@ impl VhostUserBackendReqHandlerMut for VhostUserBlk {
         if features & !offered != 0 {
             return refuse(
                 self,
-                format!("protocol features {:#x} were never offered", features & !offered),
+                format!(
+                    "protocol features {:#x} were never offered",
+                    features & !offered
+                ),
                 Error::InvalidParam,
             );
         }
@@ -436,7 +448,12 @@ impl VhostUserBackendReqHandlerMut for VhostUserBlk {
         }
     }
 
-    fn get_config(&mut self, offset: u32, size: u32, _flags: VhostUserConfigFlags) -> Result<Vec<u8>> {
+    fn get_config(
+        &mut self,
+        offset: u32,
+        size: u32,
+        _flags: VhostUserConfigFlags,
+    ) -> Result<Vec<u8>> {
         match offset.checked_add(size) {
             Some(end) if end <= VHOST_USER_CONFIG_SIZE => {
                 let mut buf = vec![0u8; size as usize];
@@ -451,7 +468,12 @@ impl VhostUserBackendReqHandlerMut for VhostUserBlk {
         }
     }
 
-    fn set_config(&mut self, _offset: u32, _buf: &[u8], _flags: VhostUserConfigFlags) -> Result<()> {
+    fn set_config(
+        &mut self,
+        _offset: u32,
+        _buf: &[u8],
+        _flags: VhostUserConfigFlags,
+    ) -> Result<()> {
         // No writable field is offered (CONFIG_WCE is not): writes are ignored, as a driver's
         // write to a read-only field is (4.1.4.3).
         Ok(())
@@ -465,7 +487,10 @@ impl VhostUserBackendReqHandlerMut for VhostUserBlk {
         self.unsupported("GET_SHARED_OBJECT")
     }
 
-    fn get_inflight_fd(&mut self, _inflight: &VhostUserInflight) -> Result<(VhostUserInflight, File)> {
+    fn get_inflight_fd(
+        &mut self,
+        _inflight: &VhostUserInflight,
+    ) -> Result<(VhostUserInflight, File)> {
         self.unsupported("GET_INFLIGHT_FD")
     }
 

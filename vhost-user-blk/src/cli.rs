@@ -134,7 +134,8 @@ mod tests {
             let e = parse(bad).expect_err(bad).to_string();
             assert!(!e.contains('\n'), "{bad}: {e}");
         }
-        let o = parse("--socket=s --disk path=/dev/null,readonly=on,queues=2 --mode workers").unwrap();
+        let o =
+            parse("--socket=s --disk path=/dev/null,readonly=on,queues=2 --mode workers").unwrap();
         assert_eq!((o.disk.queues, o.mode), (2, IoMode::Workers));
     }
 }

@@ -198,7 +198,10 @@ mod tests {
         );
         let mut odd = r(0, 0x1000, 0);
         odd.mmap_offset = 0x10;
-        assert_eq!(check_table(&[odd]), Err(MemoryTableError::Unaligned(0, 0x10)));
+        assert_eq!(
+            check_table(&[odd]),
+            Err(MemoryTableError::Unaligned(0, 0x10))
+        );
     }
 
     #[test]
@@ -207,7 +210,10 @@ mod tests {
         f.set_len(0x2000).unwrap();
         let err = MemoryTable::map(&[r(0, 0x3000, 0x7000_0000)], vec![f.try_clone().unwrap()])
             .unwrap_err();
-        assert!(matches!(err, MemoryTableError::FileTooShort { .. }), "{err}");
+        assert!(
+            matches!(err, MemoryTableError::FileTooShort { .. }),
+            "{err}"
+        );
         let t = MemoryTable::map(&[r(0x10000, 0x2000, 0x7000_0000)], vec![f]).unwrap();
         assert_eq!(t.to_guest(0x7000_0010), Some(0x10010));
         assert_eq!(t.to_guest(0x7000_2000), None);

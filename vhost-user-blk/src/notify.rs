@@ -47,7 +47,10 @@ impl Notifiers {
 
     /// Forgets every eventfd (the front end went away).
     pub fn clear(&self) {
-        self.calls.iter().chain(&self.errs).for_each(|s| *lock(s) = None);
+        self.calls
+            .iter()
+            .chain(&self.errs)
+            .for_each(|s| *lock(s) = None);
     }
 }
 

@@ -10,8 +10,8 @@ mod soak;
 use xtask::bench;
 use xtask::guest::{build_guest, build_vmm};
 use xtask::report::GuestReport;
-use xtask::vhost_user;
 use xtask::runner::{ensure_image, qemu_binary, qemu_command, run_guest, Peer, RunOutput};
+use xtask::vhost_user;
 
 mod timeline_svg;
 mod trace;
@@ -398,7 +398,12 @@ fn cmd_test() -> Result<bool, String> {
     )?;
     // The main job, as a user runs it.
     let mut ok = cmd_run(&Options::default())?;
-    for (completion, vhost_user) in [("poll", false), ("irq", false), ("poll", true), ("irq", true)] {
+    for (completion, vhost_user) in [
+        ("poll", false),
+        ("irq", false),
+        ("poll", true),
+        ("irq", true),
+    ] {
         ok &= cmd_crosscheck(&Options {
             completion: completion.into(),
             secs: 1,

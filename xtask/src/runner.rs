@@ -255,20 +255,26 @@ pub const QEMU_MEMORY_MIB: u32 = 256;
 /// on stdout and the exit port the guest reports through; no disk yet.
 pub fn qemu_machine(qemu: &Path, guest: &Path, cmdline: &str) -> Command {
     let mut cmd = Command::new(qemu);
-    cmd.args(["-M", "q35", "-enable-kvm", "-cpu", "host,-arch-capabilities"])
-        .arg("-m")
-        .arg(QEMU_MEMORY_MIB.to_string())
-        .args([
-            "-nographic",
-            "-no-reboot",
-            "-nodefaults",
-            "-serial",
-            "stdio",
-        ])
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
-        .arg("-kernel")
-        .arg(guest)
-        .args(["-append", cmdline]);
+    cmd.args([
+        "-M",
+        "q35",
+        "-enable-kvm",
+        "-cpu",
+        "host,-arch-capabilities",
+    ])
+    .arg("-m")
+    .arg(QEMU_MEMORY_MIB.to_string())
+    .args([
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+    ])
+    .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
+    .arg("-kernel")
+    .arg(guest)
+    .args(["-append", cmdline]);
     cmd
 }
 
