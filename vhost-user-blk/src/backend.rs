@@ -51,8 +51,8 @@ pub struct VhostUserBlk {
     failure: Option<String>,
 }
 
+/// Refuses a request: the server logs `why` and disconnects after the reply.
 fn refuse<T>(this: &mut VhostUserBlk, why: String, err: Error) -> Result<T> {
-    eprintln!("vhost-user-blk: {why}");
     this.failure.get_or_insert(why);
     Err(err)
 }

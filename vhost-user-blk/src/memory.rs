@@ -56,6 +56,9 @@ pub enum MemoryTableError {
         /// The file's size.
         have: u64,
     },
+    /// A memfd that may shrink under us and accepts no new seal.
+    #[error("region {0}: the memfd may be truncated under us and refuses F_SEAL_SHRINK")]
+    Unsealable(usize),
     /// mmap or the memory map refused the region.
     #[error("region {0}: cannot map it: {1}")]
     Map(usize, String),
@@ -108,6 +111,35 @@ pub fn check_table(regions: &[RegionSpec]) -> Result<(), MemoryTableError> {
     Ok(())
 }
 
+/// A memfd the front end could truncate after the check above would make our accesses fault:
+/// forbid shrinking it (`F_SEAL_SHRINK`; QEMU's memfd back end seals it already). A memfd
+/// sealed against new seals but not against shrinking is refused. A regular file cannot be
+/// sealed: a front end that truncates one under us can still make this process fault.
+fn seal_against_shrinking(file: &File, index: usize) -> Result<(), MemoryTableError> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a descriptor we own; F_GET_SEALS takes no argument.
+    let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+    if seals < 0 || seals & libc::F_SEAL_SHRINK != 0 {
+        // Not a memfd (EINVAL), or already sealed.
+        return Ok(());
+    }
+    if seals & libc::F_SEAL_SEAL != 0 {
+        return Err(MemoryTableError::Unsealable(index));
+    }
+    // SAFETY: fcntl on a descriptor we own with an integer argument.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) };
+    if rc < 0 {
+        return Err(MemoryTableError::Map(
+            index,
+            format!(
+                "cannot seal the memfd against shrinking: {}",
+                std::io::Error::last_os_error()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl MemoryTable {
     /// Checks `regions` and maps each from its file (`files[i]` for `regions[i]`).
     pub fn map(regions: &[RegionSpec], files: Vec<File>) -> Result<Self, MemoryTableError> {
@@ -130,6 +162,7 @@ impl MemoryTable {
                     have: meta.len(),
                 });
             }
+            seal_against_shrinking(&file, i)?;
             let size = usize::try_from(r.size).map_err(|_| MemoryTableError::Overflow(i))?;
             let region = GuestRegionMmap::from_range(
                 GuestAddress(r.guest_phys_addr),

@@ -99,8 +99,13 @@ struct Memory {
 impl Memory {
     /// `regions`: `(guest address, size, offset in the memfd)`.
     fn new(regions: &[(u64, u64, u64)]) -> Memory {
-        // SAFETY: a NUL-terminated name and no flags.
-        let fd = unsafe { libc::memfd_create(c"guest".as_ptr(), 0) };
+        Memory::memfd(regions, libc::MFD_ALLOW_SEALING)
+    }
+
+    /// With `flags` for memfd_create (without MFD_ALLOW_SEALING, nobody can seal it).
+    fn memfd(regions: &[(u64, u64, u64)], flags: libc::c_uint) -> Memory {
+        // SAFETY: a NUL-terminated name and valid flags.
+        let fd = unsafe { libc::memfd_create(c"guest".as_ptr(), flags) };
         assert!(fd >= 0);
         // SAFETY: memfd_create returned a new descriptor nobody else owns.
         let file = unsafe { File::from_raw_fd(fd) };
@@ -409,6 +414,12 @@ fn region_tables_with_overlaps_are_refused_holes_are_served() {
     table[0].memory_size = 0x20_0000;
     let fe = connect(&server.socket, 1);
     assert!(fe.set_mem_table(&table).is_err());
+    assert_disconnected(&fe);
+    drop(fe);
+    // A memfd the front end may truncate under us (it refuses seals).
+    let unsealable = Memory::memfd(&[(0, 0x10_0000, 0)], 0);
+    let fe = connect(&server.socket, 1);
+    assert!(fe.set_mem_table(&unsealable.table()).is_err());
     assert_disconnected(&fe);
     drop(fe);
     assert!(server.alive());
