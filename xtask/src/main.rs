@@ -331,6 +331,11 @@ fn cmd_bench(opts: &Options) -> Result<bool, String> {
             PathBuf::new()
         },
         qemu: qemu_binary().ok(),
+        vhost_user_blk: if systems.contains(&bench::QEMU_VHOST_USER) {
+            Some(vhost_user::build_backend(&root)?)
+        } else {
+            None
+        },
         fio: which("fio"),
         disk_image: out_dir.join("bench.img"),
         shm_image: PathBuf::from(format!("/dev/shm/vmm-bench-{}.img", std::process::id())),

@@ -149,10 +149,22 @@ pub fn open_log(path: &Path) -> Result<File, String> {
 
 /// Runs `cmd` to completion or until `timeout`, echoing its stdout when `echo` is set.
 pub fn run_guest(
+    cmd: Command,
+    peer: Peer,
+    timeout: Duration,
+    echo: bool,
+) -> Result<RunOutput, String> {
+    run_guest_counting(cmd, peer, timeout, echo, &[])
+}
+
+/// [`run_guest`], counting in [`RunOutput::bench_cpu`] the CPU of the processes `also` too
+/// (a vhost-user back end serving the guest's disk).
+pub fn run_guest_counting(
     mut cmd: Command,
     peer: Peer,
     timeout: Duration,
     echo: bool,
+    also: &[u32],
 ) -> Result<RunOutput, String> {
     let start = Instant::now();
     let program = format!("{:?}", cmd.get_program());
@@ -164,6 +176,7 @@ pub fn run_guest(
         .map_err(|e| format!("cannot start {program}: {e}"))?;
     let stdout = child.stdout.take().ok_or("no stdout pipe")?;
     let pid = child.id();
+    let pids: Vec<u32> = std::iter::once(pid).chain(also.iter().copied()).collect();
     let (tx, rx) = mpsc::channel();
     let reader = thread::spawn(move || {
         let mut all = String::new();
@@ -171,12 +184,15 @@ pub fn run_guest(
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             // Read while the process still runs: it ends shortly after its RESULT line.
+            let cpu = || {
+                pids.iter()
+                    .map(|&p| process_cpu(p))
+                    .sum::<Option<Duration>>()
+            };
             if line.contains(BENCH_START) {
-                at_start = process_cpu(pid);
+                at_start = cpu();
             } else if bench_cpu.is_none() && line.contains("RESULT ") {
-                bench_cpu = at_start
-                    .zip(process_cpu(pid))
-                    .map(|(a, b)| b.saturating_sub(a));
+                bench_cpu = at_start.zip(cpu()).map(|(a, b)| b.saturating_sub(a));
             }
             if echo {
                 println!("  | {line}");

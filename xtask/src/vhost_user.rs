@@ -33,14 +33,21 @@ pub struct Backend {
 impl Backend {
     /// Starts `binary --socket socket --disk disk` and waits until the socket accepts.
     pub fn start(binary: &Path, socket: &Path, disk: &str) -> Result<Self, String> {
+        let mut cmd = Command::new(binary);
+        cmd.arg("--socket").arg(socket).args(["--disk", disk]);
+        Backend::spawn(cmd, socket)
+    }
+
+    /// Starts `cmd`, a back end that will listen on `socket`, and waits until the socket
+    /// exists.
+    pub fn spawn(mut cmd: Command, socket: &Path) -> Result<Self, String> {
         let _ = std::fs::remove_file(socket);
-        let child = Command::new(binary)
-            .arg("--socket")
-            .arg(socket)
-            .args(["--disk", disk])
+        let program = format!("{:?}", cmd.get_program());
+        let child = cmd
             .stdin(Stdio::null())
+            .stdout(Stdio::null())
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+            .map_err(|e| format!("cannot start {program}: {e}"))?;
         let mut b = Backend {
             child,
             socket: socket.to_path_buf(),
@@ -48,10 +55,10 @@ impl Backend {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !socket.exists() {
             if let Ok(Some(status)) = b.child.try_wait() {
-                return Err(format!("vhost-user-blk exited at start ({status})"));
+                return Err(format!("{program} exited at start ({status})"));
             }
             if Instant::now() > deadline {
-                return Err("vhost-user-blk did not create its socket within 10 s".into());
+                return Err(format!("{program} did not create its socket within 10 s"));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -120,5 +127,24 @@ pub fn qemu_vhost_user_command(
         "-device",
         &format!("vhost-user-blk-pci,chardev=vu,num-queues={queues},disable-legacy=on"),
     ]);
+    cmd
+}
+
+/// qemu-storage-daemon exporting `image` as a vhost-user-blk back end on `socket`, served by
+/// an iothread with io_uring (`direct`: O_DIRECT), one queue.
+pub fn qsd_command(image: &Path, socket: &Path, direct: bool) -> Command {
+    let mut cmd = Command::new("qemu-storage-daemon");
+    cmd.arg("--blockdev")
+        .arg(format!(
+            "driver=file,node-name=file0,filename={},cache.direct={},aio=io_uring",
+            image.display(),
+            if direct { "on" } else { "off" }
+        ))
+        .args(["--blockdev", "driver=raw,node-name=d0,file=file0"])
+        .args(["--object", "iothread,id=io0", "--export"])
+        .arg(format!(
+            "type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path={},writable=on,num-queues=1,iothread=io0",
+            socket.display()
+        ));
     cmd
 }
