@@ -687,8 +687,9 @@ fn short(iops: f64) -> String {
 const TABLE_NOTES: &str = "\
 Medians over the repeats. CPU us/IO: host user+system CPU time per completed I/O: the whole VMM
 or QEMU process (every thread, so the guest's polling vCPU counts for both VMMs) from the guest's
-bench start to its RESULT line; fio's own usr+sys from its JSON; our runner's thread. IOPS min-max
-and spread = (max - min) / median over the repeats.";
+bench start to its RESULT line, plus the vhost-user back end's process for qemu-vhost-*; fio's own
+usr+sys from its JSON; our runner's thread. IOPS min-max and spread = (max - min) / median over
+the repeats.";
 
 /// The terminal table.
 pub fn table(results: &Results) -> String {
