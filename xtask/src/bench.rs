@@ -12,8 +12,9 @@ use serde_json::{json, Value};
 
 use crate::hostbench::{self, Workload};
 use crate::report::{tail, GuestReport};
-use crate::runner::{qemu_command, run_guest, thread_cpu, Peer, RunOutput};
+use crate::runner::{qemu_command, run_guest, run_guest_counting, thread_cpu, Peer, RunOutput};
 use crate::stats::{cpu_us_per_io, median, spread_pct, Summary};
+use crate::vhost_user;
 
 /// Which guest driver behaviour a workload uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +120,10 @@ pub const BARE_METAL_FIO: &str = "bare-metal-fio";
 pub const BARE_METAL: &str = "bare-metal";
 /// QEMU with an iothread and io_uring (`runner::qemu_command`).
 pub const QEMU: &str = "qemu-iothread";
+/// QEMU as the front end of our vhost-user-blk back end (`vhost-user-blk`, dataplane).
+pub const QEMU_VHOST_USER: &str = "qemu-vhost-user";
+/// QEMU on qemu-storage-daemon's vhost-user-blk export (an iothread, io_uring).
+pub const QEMU_VHOST_QSD: &str = "qemu-vhost-qsd";
 
 /// One way of running our VMM in the bench.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,8 +214,13 @@ pub fn default_system_names() -> Vec<&'static str> {
 pub fn system_names() -> Vec<&'static str> {
     let mut names = vec![BARE_METAL_FIO, BARE_METAL];
     names.extend(VMM_SYSTEMS.iter().map(|v| v.name));
-    names.push(QEMU);
+    names.extend([QEMU, QEMU_VHOST_USER, QEMU_VHOST_QSD]);
     names
+}
+
+/// Whether `system` boots QEMU (with its firmware: seconds of start-up).
+pub fn is_qemu(system: &str) -> bool {
+    [QEMU, QEMU_VHOST_USER, QEMU_VHOST_QSD].contains(&system)
 }
 
 /// Whether `system` is one of our VMM's.
@@ -251,7 +261,7 @@ pub fn plan<'a>(cases: &[&'static Case], systems: &[&'a str]) -> Vec<(&'static C
 pub fn estimated_secs(plan: &[(&Case, &str)], repeats: u32, secs: u32) -> u64 {
     let per_repeat: u64 = plan
         .iter()
-        .map(|(_, s)| u64::from(secs) + if *s == QEMU { 4 } else { 1 })
+        .map(|(_, s)| u64::from(secs) + if is_qemu(s) { 4 } else { 1 })
         .sum();
     per_repeat * u64::from(repeats)
 }
@@ -264,6 +274,8 @@ pub struct Setup {
     pub vmm: PathBuf,
     /// QEMU, when installed.
     pub qemu: Option<PathBuf>,
+    /// Our vhost-user-blk back end (built when a run measures `qemu-vhost-user`).
+    pub vhost_user_blk: Option<PathBuf>,
     /// fio, when installed.
     pub fio: Option<PathBuf>,
     /// Image on the root disk (O_DIRECT everywhere).
@@ -456,6 +468,53 @@ fn run_qemu(qemu: &Path, setup: &Setup, image: &Path, case: &Case) -> Result<Sum
     guest_summary(&out)
 }
 
+/// QEMU as a vhost-user-blk front end, its back end (ours, or qemu-storage-daemon's
+/// `qsd`) started for this point alone; the host CPU per I/O counts both processes.
+fn run_qemu_vhost(
+    qemu: &Path,
+    setup: &Setup,
+    image: &Path,
+    case: &Case,
+    qsd: bool,
+) -> Result<Summary, String> {
+    let socket = std::env::temp_dir().join(format!("xtask-bench-vu-{}.sock", std::process::id()));
+    let mut backend = if qsd {
+        vhost_user::qsd_command(image, &socket, !case.shm)
+    } else {
+        let binary = setup
+            .vhost_user_blk
+            .as_deref()
+            .ok_or("vhost-user-blk was not built")?;
+        let mut cmd = Command::new(binary);
+        cmd.arg("--socket").arg(&socket).arg("--disk").arg(format!(
+            "path={},direct={},engine=io_uring,serial=bench",
+            image.display(),
+            if case.shm { "off" } else { "on" }
+        ));
+        cmd
+    };
+    backend.stderr(std::process::Stdio::null());
+    let server = vhost_user::Backend::spawn(backend, &socket)?;
+    let cmdline = case.guest_cmdline(setup.secs);
+    let cmd = vhost_user::qemu_vhost_user_command(qemu, &setup.guest, &cmdline, &socket, 1);
+    let out = run_guest_counting(
+        cmd,
+        Peer::Qemu,
+        Duration::from_secs(u64::from(setup.secs) + 60),
+        false,
+        &[server.pid()],
+    )?;
+    drop(server);
+    if out.guest_code != Some(0) {
+        return Err(format!(
+            "QEMU (vhost-user) run ended with {:?}:\n{}",
+            out.guest_code,
+            tail(&out.stdout, 10)
+        ));
+    }
+    guest_summary(&out)
+}
+
 fn run_point(setup: &Setup, system: &str, case: &Case) -> Result<Summary, String> {
     let image = if case.shm {
         &setup.shm_image
@@ -475,6 +534,13 @@ fn run_point(setup: &Setup, system: &str, case: &Case) -> Result<Summary, String
             setup,
             image,
             case,
+        ),
+        QEMU_VHOST_USER | QEMU_VHOST_QSD => run_qemu_vhost(
+            setup.qemu.as_deref().ok_or("QEMU is not installed")?,
+            setup,
+            image,
+            case,
+            system == QEMU_VHOST_QSD,
         ),
         name => {
             let vmm = VMM_SYSTEMS
@@ -621,8 +687,9 @@ fn short(iops: f64) -> String {
 const TABLE_NOTES: &str = "\
 Medians over the repeats. CPU us/IO: host user+system CPU time per completed I/O: the whole VMM
 or QEMU process (every thread, so the guest's polling vCPU counts for both VMMs) from the guest's
-bench start to its RESULT line; fio's own usr+sys from its JSON; our runner's thread. IOPS min-max
-and spread = (max - min) / median over the repeats.";
+bench start to its RESULT line, plus the vhost-user back end's process for qemu-vhost-*; fio's own
+usr+sys from its JSON; our runner's thread. IOPS min-max and spread = (max - min) / median over
+the repeats.";
 
 /// The terminal table.
 pub fn table(results: &Results) -> String {

@@ -11,3 +11,4 @@ pub mod pattern;
 pub mod report;
 pub mod runner;
 pub mod stats;
+pub mod vhost_user;

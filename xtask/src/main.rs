@@ -12,6 +12,7 @@ use xtask::bench;
 use xtask::guest::{build_guest, build_vmm};
 use xtask::report::GuestReport;
 use xtask::runner::{ensure_image, qemu_binary, qemu_command, run_guest, Peer, RunOutput};
+use xtask::vhost_user;
 
 mod timeline_svg;
 mod trace;
@@ -28,8 +29,10 @@ commands:
   run [--io-mode vcpu|iothread|dataplane|workers] [--completion poll|irq] [--secs N]
         build the guest and the VMM, boot the guest with a virtio-blk disk
         (target/xtask/disk.img), run its self-tests and a benchmark, print a summary
-  crosscheck [--completion poll|irq]
-        run the same guest under QEMU (q35, virtio-blk-pci) as the reference device
+  crosscheck [--completion poll|irq] [--vhost-user]
+        run the same guest under QEMU (q35, virtio-blk-pci) as the reference device;
+        --vhost-user: QEMU as the front end of our vhost-user-blk back end on
+        target/xtask/disk.img, with 1 and 2 queues
   bench [--quick] [--systems a,b,...]
         the talk's experiment: bare metal (fio and our runner), our VMM untuned and in each
         io mode, and QEMU, same image and workloads, 5 interleaved repeats of 4 s (--quick:
@@ -60,6 +63,7 @@ struct Options {
     quick: bool,
     systems: Option<Vec<String>>,
     workload: Option<String>,
+    vhost_user: bool,
 }
 
 impl Default for Options {
@@ -71,6 +75,7 @@ impl Default for Options {
             quick: false,
             systems: None,
             workload: None,
+            vhost_user: false,
         }
     }
 }
@@ -101,6 +106,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
                     .map_err(|_| "--secs needs a whole number of seconds".to_string())?
             }
             "--quick" => opts.quick = true,
+            "--vhost-user" => opts.vhost_user = true,
             "--workload" => opts.workload = Some(value()?),
             "--systems" => opts.systems = Some(value()?.split(',').map(str::to_string).collect()),
             other => return Err(format!("unknown option {other}\n\n{}", usage())),
@@ -225,6 +231,9 @@ fn cmd_crosscheck(opts: &Options) -> Result<bool, String> {
     let qemu = qemu_binary()?;
     let root = root();
     let guest = build_guest(&root)?;
+    if opts.vhost_user {
+        return crosscheck_vhost_user(opts, &root, &qemu, &guest);
+    }
     let disk = root.join("target/xtask/crosscheck.img");
     ensure_image(&disk, 64 << 20)?;
     let cmdline = guest_cmdline(opts, true);
@@ -240,6 +249,44 @@ fn cmd_crosscheck(opts: &Options) -> Result<bool, String> {
         &out,
         true,
     ))
+}
+
+/// QEMU as the front end of our vhost-user-blk back end, with 1 and 2 queues: every test
+/// must pass (no skip: the back end offers what our VMM offers), and the back end must leave
+/// cleanly on SIGTERM.
+fn crosscheck_vhost_user(
+    opts: &Options,
+    root: &Path,
+    qemu: &Path,
+    guest: &Path,
+) -> Result<bool, String> {
+    let backend = vhost_user::build_backend(root)?;
+    let disk = root.join("target/xtask/disk.img");
+    ensure_image(&disk, DISK_SIZE)?;
+    let socket = root.join("target/xtask/vhost-user-blk.sock");
+    let mut ok = true;
+    for queues in [1u16, 2] {
+        let spec = format!(
+            "path={},direct=on,engine=io_uring,queues={queues},serial={DISK_SERIAL}",
+            disk.display()
+        );
+        let server = vhost_user::Backend::start(&backend, &socket, &spec)?;
+        let cmdline = guest_cmdline(opts, true);
+        let cmd = vhost_user::qemu_vhost_user_command(qemu, guest, &cmdline, &socket, queues);
+        println!(
+            "== booting {} in QEMU (q35, vhost-user-blk-pci, {queues} queues, completion {})",
+            guest.display(),
+            opts.completion
+        );
+        let out = run_guest(cmd, Peer::Qemu, Duration::from_secs(300), true)?;
+        let what = format!("qemu + vhost-user-blk, {queues} queues");
+        ok &= summarize(&what, "disk.img, O_DIRECT", &out, false);
+        if !server.stop() {
+            println!("== {what}: FAILED, the back end did not exit 0 on SIGTERM");
+            ok = false;
+        }
+    }
+    Ok(ok)
 }
 
 fn which(name: &str) -> Option<PathBuf> {
@@ -289,6 +336,11 @@ fn cmd_bench(opts: &Options) -> Result<bool, String> {
             PathBuf::new()
         },
         qemu: qemu_binary().ok(),
+        vhost_user_blk: if systems.contains(&bench::QEMU_VHOST_USER) {
+            Some(vhost_user::build_backend(&root)?)
+        } else {
+            None
+        },
         fio: which("fio"),
         disk_image: out_dir.join("bench.img"),
         shm_image: PathBuf::from(format!("/dev/shm/vmm-bench-{}.img", std::process::id())),
@@ -356,10 +408,16 @@ fn cmd_test() -> Result<bool, String> {
     )?;
     // The main job, as a user runs it.
     let mut ok = cmd_run(&Options::default())?;
-    for completion in ["poll", "irq"] {
+    for (completion, vhost_user) in [
+        ("poll", false),
+        ("irq", false),
+        ("poll", true),
+        ("irq", true),
+    ] {
         ok &= cmd_crosscheck(&Options {
             completion: completion.into(),
             secs: 1,
+            vhost_user,
             ..Options::default()
         })?;
     }

@@ -149,10 +149,22 @@ pub fn open_log(path: &Path) -> Result<File, String> {
 
 /// Runs `cmd` to completion or until `timeout`, echoing its stdout when `echo` is set.
 pub fn run_guest(
+    cmd: Command,
+    peer: Peer,
+    timeout: Duration,
+    echo: bool,
+) -> Result<RunOutput, String> {
+    run_guest_counting(cmd, peer, timeout, echo, &[])
+}
+
+/// [`run_guest`], counting in [`RunOutput::bench_cpu`] the CPU of the processes `also` too
+/// (a vhost-user back end serving the guest's disk).
+pub fn run_guest_counting(
     mut cmd: Command,
     peer: Peer,
     timeout: Duration,
     echo: bool,
+    also: &[u32],
 ) -> Result<RunOutput, String> {
     let start = Instant::now();
     let program = format!("{:?}", cmd.get_program());
@@ -164,6 +176,7 @@ pub fn run_guest(
         .map_err(|e| format!("cannot start {program}: {e}"))?;
     let stdout = child.stdout.take().ok_or("no stdout pipe")?;
     let pid = child.id();
+    let pids: Vec<u32> = std::iter::once(pid).chain(also.iter().copied()).collect();
     let (tx, rx) = mpsc::channel();
     let reader = thread::spawn(move || {
         let mut all = String::new();
@@ -171,12 +184,15 @@ pub fn run_guest(
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             // Read while the process still runs: it ends shortly after its RESULT line.
+            let cpu = || {
+                pids.iter()
+                    .map(|&p| process_cpu(p))
+                    .sum::<Option<Duration>>()
+            };
             if line.contains(BENCH_START) {
-                at_start = process_cpu(pid);
+                at_start = cpu();
             } else if bench_cpu.is_none() && line.contains("RESULT ") {
-                bench_cpu = at_start
-                    .zip(process_cpu(pid))
-                    .map(|(a, b)| b.saturating_sub(a));
+                bench_cpu = at_start.zip(cpu()).map(|(a, b)| b.saturating_sub(a));
             }
             if echo {
                 println!("  | {line}");
@@ -235,6 +251,25 @@ pub fn qemu_command(
     cache: &str,
     serial: &str,
 ) -> Command {
+    let mut cmd = qemu_machine(qemu, guest, cmdline);
+    cmd.args(["-object", "iothread,id=io0", "-drive"])
+        .arg(format!(
+            "file={},if=none,id=d0,format=raw,cache={cache},aio=io_uring",
+            image.display()
+        ))
+        .arg("-device")
+        .arg(format!(
+            "virtio-blk-pci,drive=d0,iothread=io0,serial={serial},disable-legacy=on"
+        ));
+    cmd
+}
+
+/// Guest RAM of every QEMU run, in MiB.
+pub const QEMU_MEMORY_MIB: u32 = 256;
+
+/// QEMU (q35, KVM, [`QEMU_MEMORY_MIB`] of RAM) booting `guest` with `cmdline`, its serial port
+/// on stdout and the exit port the guest reports through; no disk yet.
+pub fn qemu_machine(qemu: &Path, guest: &Path, cmdline: &str) -> Command {
     let mut cmd = Command::new(qemu);
     cmd.args([
         "-M",
@@ -242,9 +277,9 @@ pub fn qemu_command(
         "-enable-kvm",
         "-cpu",
         "host,-arch-capabilities",
-        "-m",
-        "256",
     ])
+    .arg("-m")
+    .arg(QEMU_MEMORY_MIB.to_string())
     .args([
         "-nographic",
         "-no-reboot",
@@ -252,23 +287,10 @@ pub fn qemu_command(
         "-serial",
         "stdio",
     ])
-    .args([
-        "-device",
-        "isa-debug-exit,iobase=0xf4,iosize=4",
-        "-object",
-        "iothread,id=io0",
-    ])
+    .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
     .arg("-kernel")
     .arg(guest)
-    .args(["-append", cmdline, "-drive"])
-    .arg(format!(
-        "file={},if=none,id=d0,format=raw,cache={cache},aio=io_uring",
-        image.display()
-    ))
-    .arg("-device")
-    .arg(format!(
-        "virtio-blk-pci,drive=d0,iothread=io0,serial={serial},disable-legacy=on"
-    ));
+    .args(["-append", cmdline]);
     cmd
 }
 
