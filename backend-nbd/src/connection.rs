@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use backend_raw::Completion;
@@ -33,16 +33,19 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Where one engine's completions go.
+/// Where one engine's completions go: a list, a condition variable for `wait` (futex
+/// only, which every sandboxed thread may use) and an eventfd for epoll.
 #[derive(Debug)]
 pub(crate) struct Sink {
     pub done: Mutex<Vec<Completion>>,
+    pub ready: Condvar,
     pub fd: EventFd,
 }
 
 impl Sink {
     pub(crate) fn complete(&self, c: Completion) {
         lock(&self.done).push(c);
+        self.ready.notify_one();
         self.fd.signal();
     }
 }

@@ -151,9 +151,13 @@ impl Engine for NbdEngine {
 
     fn wait(&mut self) -> Result<(), Error> {
         self.flush_submissions()?;
-        while self.in_flight > 0 && lock(&self.sink.done).is_empty() {
-            self.sink.fd.wait(-1);
-            self.sink.fd.drain();
+        let mut done = lock(&self.sink.done);
+        while self.in_flight > 0 && done.is_empty() {
+            done = self
+                .sink
+                .ready
+                .wait(done)
+                .unwrap_or_else(|p| p.into_inner());
         }
         Ok(())
     }

@@ -32,17 +32,6 @@ impl EventFd {
         // SAFETY: reads at most 8 bytes into `v`. EAGAIN means it was already clear.
         let _ = unsafe { libc::read(self.0.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
     }
-
-    /// Blocks until the counter is non-zero (or `timeout_ms` passes; -1: no limit).
-    pub(crate) fn wait(&self, timeout_ms: i32) {
-        let mut p = libc::pollfd {
-            fd: self.0.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd. EINTR just returns early; callers loop.
-        let _ = unsafe { libc::poll(&mut p, 1, timeout_ms) };
-    }
 }
 
 impl AsRawFd for EventFd {

@@ -1,7 +1,7 @@
 //! [`NbdExport`]: an export opened over one or more connections, each with its thread.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -150,6 +150,7 @@ impl NbdExport {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
         let sink = Arc::new(Sink {
             done: Mutex::new(Vec::with_capacity(depth)),
+            ready: Condvar::new(),
             fd: EventFd::new().map_err(NbdError::EventFd)?,
         });
         Ok(Box::new(NbdEngine::new(

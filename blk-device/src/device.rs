@@ -74,8 +74,8 @@ impl BlockDevice {
     ) -> Result<Self, DeviceError> {
         check_config(cfg)?;
         let disk = OpenDisk::open(cfg)?;
-        let offered = offered_features(disk.disk(), cfg);
-        let config = device_config(disk.disk(), cfg, offered);
+        let offered = offered_features(&disk, cfg);
+        let config = device_config(&disk, cfg, offered);
         Ok(BlockDevice {
             failures: Arc::new(FailureLog::new(&cfg.path)),
             disk,

@@ -193,6 +193,8 @@ impl Rig {
             merge: true,
             fixed_buffers: true,
             write_log: None,
+            uri: None,
+            reconnect_timeout: std::time::Duration::from_secs(5),
         };
         let dev = VirtioBlkPci::new(&cfg, ctx).expect("device");
         let layout = RingLayout::new(QSIZE).expect("layout");

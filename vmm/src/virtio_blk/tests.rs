@@ -77,6 +77,8 @@ fn device(
         merge: true,
         fixed_buffers: true,
         write_log: None,
+        uri: None,
+        reconnect_timeout: std::time::Duration::from_secs(5),
     };
     (VirtioBlkPci::new(&cfg, ctx).expect("device"), mem)
 }
