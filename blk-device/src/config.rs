@@ -3,7 +3,9 @@
 //! the same way. Every parser error says what was wrong and how to fix it, in one line.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use backend_nbd::NbdUri;
 use backend_raw::{EngineKind, FaultSpec, FaultSpecError};
 
 use crate::throttle::{Limits, LimitsError};
@@ -19,8 +21,13 @@ pub const MAX_QUEUES: u16 = 64;
 /// One `--disk` option.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DiskConfig {
-    /// Raw image file or block device.
+    /// Raw image file or block device; for an NBD disk, its URI (for messages only).
     pub path: PathBuf,
+    /// An NBD export instead of a file (`uri=nbd://HOST[:PORT]/EXPORT` or
+    /// `uri=nbd+unix:///EXPORT?socket=PATH`).
+    pub uri: Option<NbdUri>,
+    /// How long NBD requests wait for a lost connection to come back (`reconnect-timeout=`).
+    pub reconnect_timeout: Duration,
     /// Offer `VIRTIO_BLK_F_RO` and open the image read-only.
     pub readonly: bool,
     /// Open the image with `O_DIRECT` (bypass the host page cache).
@@ -55,14 +62,23 @@ pub enum DiskConfigError {
     #[error("--disk item '{0}' is not key=value: write e.g. --disk path=disk.img,readonly=on")]
     DiskSyntax(String),
     /// A `--disk` key we do not know.
-    #[error("--disk has unknown key '{0}': use path, readonly, direct, engine, queues, queue-size, serial, fault, merge, fixed-buffers, write-log, iops, iops-rd, iops-wr, bw, bw-rd, bw-wr, iops-burst, bw-burst or group")]
+    #[error("--disk has unknown key '{0}': use path, uri, readonly, direct, engine, queues, queue-size, serial, fault, merge, fixed-buffers, write-log, reconnect-timeout, iops, iops-rd, iops-wr, bw, bw-rd, bw-wr, iops-burst, bw-burst or group")]
     DiskUnknownKey(String),
     /// A `--disk` key given twice.
     #[error("--disk key '{0}' is given twice: keep one")]
     DiskDuplicateKey(String),
     /// `--disk` without `path=`.
-    #[error("--disk '{0}' has no path: add path=IMAGE")]
+    #[error("--disk '{0}' has no path: add path=IMAGE or uri=nbd://HOST/EXPORT")]
     DiskNoPath(String),
+    /// Both `path=` and `uri=`.
+    #[error("--disk has both path= and uri=: keep one")]
+    DiskPathAndUri,
+    /// An NBD URI that does not parse.
+    #[error("--disk uri={0} is invalid: {1}")]
+    DiskUri(String, String),
+    /// A bad reconnect timeout, or one on a disk that is not NBD.
+    #[error("--disk reconnect-timeout={0} is invalid: give whole seconds from 0 to 3600, with uri=")]
+    DiskReconnectTimeout(String),
     /// An on/off switch with another value.
     #[error("--disk {0}={1} is not on or off: write {0}=on or {0}=off")]
     DiskBool(&'static str, String),
@@ -134,6 +150,8 @@ impl DiskConfig {
         let mut serial = None;
         let mut cfg = DiskConfig {
             path: PathBuf::new(),
+            uri: None,
+            reconnect_timeout: Duration::from_secs(5),
             readonly: false,
             direct: false,
             engine: EngineKind::IoUring,
@@ -157,6 +175,20 @@ impl DiskConfig {
             seen.push(key);
             match key {
                 "path" => path = Some(PathBuf::from(value)),
+                "uri" => {
+                    let uri = value.parse::<NbdUri>().map_err(|e| {
+                        DiskConfigError::DiskUri(value.to_string(), e.to_string())
+                    })?;
+                    cfg.uri = Some(uri);
+                }
+                "reconnect-timeout" => {
+                    cfg.reconnect_timeout = value
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|s| *s <= 3600)
+                        .map(Duration::from_secs)
+                        .ok_or_else(|| DiskConfigError::DiskReconnectTimeout(value.to_string()))?
+                }
                 "readonly" => cfg.readonly = parse_switch("readonly", value)?,
                 "direct" => cfg.direct = parse_switch("direct", value)?,
                 "merge" => cfg.merge = parse_switch("merge", value)?,
@@ -206,16 +238,32 @@ impl DiskConfig {
                 _ => return Err(DiskConfigError::DiskUnknownKey(key.to_string())),
             }
         }
+        if let Some(uri) = &cfg.uri {
+            if path.is_some() {
+                return Err(DiskConfigError::DiskPathAndUri);
+            }
+            path = Some(PathBuf::from(uri.to_string()));
+        } else if seen.contains(&"reconnect-timeout") {
+            return Err(DiskConfigError::DiskReconnectTimeout("(without uri=)".into()));
+        }
         cfg.path = path
             .filter(|p| !p.as_os_str().is_empty())
             .ok_or_else(|| DiskConfigError::DiskNoPath(s.to_string()))?;
-        cfg.serial = serial.unwrap_or_else(|| default_serial(&cfg.path));
+        let default = match &cfg.uri {
+            Some(u) => default_serial(Path::new(if u.export.is_empty() { "nbd" } else { &u.export })),
+            None => default_serial(&cfg.path),
+        };
+        cfg.serial = serial.unwrap_or(default);
         cfg.limits.check()?;
         Ok(cfg)
     }
 
-    /// Checks that the image can be opened the way the device will open it.
+    /// Checks that the image can be opened the way the device will open it (an NBD disk is
+    /// checked when it connects).
     pub fn check_file(&self) -> Result<(), DiskConfigError> {
+        if self.uri.is_some() {
+            return Ok(());
+        }
         let open = std::fs::OpenOptions::new()
             .read(true)
             .write(!self.readonly)
@@ -295,6 +343,15 @@ mod tests {
             ("path=a,iops=9,iops-wr=3", |e| matches!(e, DiskLimit(_))),
             ("path=a,bw-burst=1M", |e| matches!(e, DiskLimit(_))),
             ("path=a,group=", |e| matches!(e, DiskGroup)),
+            ("path=a,uri=nbd://h/e", |e| matches!(e, DiskPathAndUri)),
+            ("uri=http://h/e", |e| matches!(e, DiskUri(..))),
+            ("uri=nbd+unix:///e", |e| matches!(e, DiskUri(..))),
+            ("uri=nbd://h/e,reconnect-timeout=x", |e| {
+                matches!(e, DiskReconnectTimeout(_))
+            }),
+            ("path=a,reconnect-timeout=3", |e| {
+                matches!(e, DiskReconnectTimeout(_))
+            }),
         ];
         for (s, ok) in cases {
             let e = DiskConfig::parse(s).unwrap_err();
@@ -312,6 +369,19 @@ mod tests {
         assert_eq!(d.group.as_deref(), Some("g"));
         let e = DiskConfig::parse("path=a,iops=1,iops-rd=1").unwrap_err();
         assert!(e.to_string().starts_with("--disk iops cannot be given with"), "{e}");
+    }
+
+    #[test]
+    fn nbd_disk() {
+        let d = DiskConfig::parse("uri=nbd+unix:///vol1?socket=/run/s.sock,queues=2").unwrap();
+        let uri = d.uri.as_ref().unwrap();
+        assert_eq!(uri.export, "vol1");
+        assert_eq!((d.serial.as_str(), d.queues), ("vol1", 2));
+        assert_eq!(d.reconnect_timeout, Duration::from_secs(5));
+        assert!(d.check_file().is_ok());
+        let d = DiskConfig::parse("uri=nbd://10.0.0.1:2000/,reconnect-timeout=30").unwrap();
+        assert_eq!(d.reconnect_timeout, Duration::from_secs(30));
+        assert_eq!(d.serial, "nbd");
     }
 
     #[test]

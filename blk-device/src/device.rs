@@ -77,8 +77,8 @@ impl BlockDevice {
     ) -> Result<Self, DeviceError> {
         check_config(cfg, &serve)?;
         let disk = OpenDisk::open(cfg)?;
-        let offered = offered_features(disk.disk(), cfg);
-        let config = device_config(disk.disk(), cfg, offered);
+        let offered = offered_features(&disk, cfg);
+        let config = device_config(&disk, cfg, offered);
         let throttle = DiskThrottle::new(
             Some(&cfg.limits),
             serve.throttle_group.clone(),

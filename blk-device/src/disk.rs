@@ -1,11 +1,12 @@
-//! The disk behind a device: the opened image, the engine it asked for and the faults to
-//! inject, and the engines built on it.
+//! The disk behind a device: the opened image (or NBD export), the engine it asked for and
+//! the faults to inject, and the engines built on it.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use backend_nbd::{NbdExport, NbdOptions, NbdStats};
 use backend_raw::{
     with_faults, Disk, DiskOptions, Engine, EngineKind, FaultSpec, IoOp, LogEngine, WriteLog,
 };
@@ -18,7 +19,7 @@ use crate::error::DeviceError;
 #[derive(Debug)]
 pub struct OpenDisk {
     path: PathBuf,
-    disk: Disk,
+    backend: Backend,
     engine: EngineKind,
     /// Faults injected into every engine of this disk (`fault=`).
     fault: Option<FaultSpec>,
@@ -31,20 +32,46 @@ pub struct OpenDisk {
     fixed_failed: AtomicBool,
 }
 
+/// What serves the disk's requests.
+#[derive(Debug)]
+enum Backend {
+    /// An image file or host block device.
+    File(Disk),
+    /// An NBD export: one connection per queue when the server allows several
+    /// (`NBD_FLAG_CAN_MULTI_CONN`), else one shared by every queue, pipelined.
+    Nbd(NbdExport),
+}
+
 impl OpenDisk {
-    /// Opens `cfg.path` the way `cfg` asks (read-only, `O_DIRECT`).
+    /// Opens `cfg.path` the way `cfg` asks (read-only, `O_DIRECT`), or connects to
+    /// `cfg.uri`.
     pub fn open(cfg: &DiskConfig) -> Result<Self, DeviceError> {
-        let disk = Disk::open(
-            &cfg.path,
-            DiskOptions {
-                readonly: cfg.readonly,
-                direct: cfg.direct,
-            },
-        )
-        .map_err(|source| DeviceError::Disk {
-            path: cfg.path.clone(),
-            source,
-        })?;
+        let backend = match &cfg.uri {
+            Some(uri) => {
+                let opts = NbdOptions {
+                    reconnect_timeout: cfg.reconnect_timeout,
+                    connections: usize::from(cfg.queues),
+                };
+                let export = NbdExport::open(uri, opts).map_err(|e| DeviceError::Config {
+                    path: cfg.path.clone(),
+                    reason: e.to_string(),
+                })?;
+                Backend::Nbd(export)
+            }
+            None => Backend::File(
+                Disk::open(
+                    &cfg.path,
+                    DiskOptions {
+                        readonly: cfg.readonly,
+                        direct: cfg.direct,
+                    },
+                )
+                .map_err(|source| DeviceError::Disk {
+                    path: cfg.path.clone(),
+                    source,
+                })?,
+            ),
+        };
         let log = match &cfg.write_log {
             Some(p) => Some(WriteLog::create(p).map_err(|source| DeviceError::Config {
                 path: cfg.path.clone(),
@@ -55,7 +82,7 @@ impl OpenDisk {
         Ok(OpenDisk {
             log,
             path: cfg.path.clone(),
-            disk,
+            backend,
             engine: cfg.engine,
             fault: cfg.fault.clone(),
             merge: cfg.merge,
@@ -69,9 +96,88 @@ impl OpenDisk {
         &self.path
     }
 
-    /// The opened disk.
-    pub fn disk(&self) -> &Disk {
-        &self.disk
+    /// The opened image (`None` for an NBD disk).
+    pub fn disk(&self) -> Option<&Disk> {
+        match &self.backend {
+            Backend::File(d) => Some(d),
+            Backend::Nbd(_) => None,
+        }
+    }
+
+    /// The NBD export's counters (`None` for a file).
+    pub fn nbd_stats(&self) -> Option<NbdStats> {
+        match &self.backend {
+            Backend::Nbd(e) => Some(e.stats()),
+            Backend::File(_) => None,
+        }
+    }
+
+    /// Size in 512-byte sectors, rounded down.
+    pub fn capacity_sectors(&self) -> u64 {
+        match &self.backend {
+            Backend::File(d) => d.capacity_sectors(),
+            Backend::Nbd(e) => e.info().size / 512,
+        }
+    }
+
+    /// The block size to report to the guest: the file's, or the NBD export's minimum block
+    /// size (at least 512).
+    pub fn logical_block_size(&self) -> u32 {
+        match &self.backend {
+            Backend::File(d) => d.logical_block_size(),
+            Backend::Nbd(e) => e.info().min_block.max(512),
+        }
+    }
+
+    /// Whether writes are refused (the device offers `VIRTIO_BLK_F_RO`).
+    pub fn readonly(&self) -> bool {
+        match &self.backend {
+            Backend::File(d) => d.readonly(),
+            Backend::Nbd(e) => e.info().readonly(),
+        }
+    }
+
+    /// Whether discard does anything (a file that punches holes, an NBD server taking
+    /// `NBD_CMD_TRIM`).
+    pub fn discard_supported(&self) -> bool {
+        match &self.backend {
+            Backend::File(d) => d.discard_supported(),
+            Backend::Nbd(e) => e.info().can_trim() && !e.info().readonly(),
+        }
+    }
+
+    /// Whether write-zeroes is available (an NBD server taking `NBD_CMD_WRITE_ZEROES`).
+    pub fn write_zeroes_supported(&self) -> bool {
+        match &self.backend {
+            Backend::File(d) => d.write_zeroes_supported(),
+            Backend::Nbd(e) => e.info().can_write_zeroes() && !e.info().readonly(),
+        }
+    }
+
+    /// An engine of `kind` straight on the backend (no log, no faults), and the io_uring
+    /// error when it fell back to sync. An NBD engine is asynchronous unless `kind` is
+    /// `Sync` (then each request completes inside `submit`, as the `vcpu` mode expects).
+    fn raw_engine(
+        &self,
+        kind: EngineKind,
+        depth: usize,
+    ) -> Result<(Box<dyn Engine>, Option<backend_raw::Error>), DeviceError> {
+        match &self.backend {
+            Backend::File(d) => {
+                d.engine_or_sync(kind, depth)
+                    .map_err(|source| DeviceError::Disk {
+                        path: self.path.clone(),
+                        source,
+                    })
+            }
+            Backend::Nbd(e) => e
+                .engine(depth, kind == EngineKind::Sync)
+                .map(|engine| (engine, None))
+                .map_err(|err| DeviceError::Config {
+                    path: self.path.clone(),
+                    reason: err.to_string(),
+                }),
+        }
     }
 
     /// Whether adjacent requests of a batch are merged into one I/O.
@@ -87,13 +193,7 @@ impl OpenDisk {
     /// An engine of `kind` for one thread, with the disk's faults, falling back to the sync
     /// engine (with a log line) where `kind` is unavailable.
     pub fn engine(&self, kind: EngineKind, depth: usize) -> Result<Box<dyn Engine>, DeviceError> {
-        let (engine, fallback) =
-            self.disk
-                .engine_or_sync(kind, depth)
-                .map_err(|source| DeviceError::Disk {
-                    path: self.path.clone(),
-                    source,
-                })?;
+        let (engine, fallback) = self.raw_engine(kind, depth)?;
         // The log sees what reaches the disk; faults sit outside it, so a flush `noflush`
         // drops never leaves its marker.
         let engine: Box<dyn Engine> = match &self.log {
@@ -148,11 +248,10 @@ impl OpenDisk {
         Ok(engine)
     }
 
-    /// Makes every completed write durable (`fdatasync`).
+    /// Makes every completed write durable (`fdatasync`, or `NBD_CMD_FLUSH`).
     pub fn sync(&self) -> Result<(), String> {
-        let mut engine = self
-            .disk
-            .engine(EngineKind::Sync, 1)
+        let (mut engine, _) = self
+            .raw_engine(EngineKind::Sync, 1)
             .map_err(|e| e.to_string())?;
         // SAFETY: a flush carries no buffers.
         unsafe { engine.submit(IoOp::Flush, &[], 0) }.map_err(|e| e.to_string())?;

@@ -2,7 +2,6 @@
 //! "Feature bits", 5.2.4 "Device configuration layout"), each decided here and nowhere else,
 //! so every transport (virtio-pci in the VMM, vhost-user) offers the same device.
 
-use backend_raw::Disk;
 use blk_proto::features::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
     VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_F_VERSION_1,
@@ -11,13 +10,14 @@ use blk_proto::features::{
 use blk_proto::{Features, VirtioBlkConfig, MAX_DISCARD_SEGMENTS, SECTOR_SIZE};
 
 use crate::config::DiskConfig;
+use crate::disk::OpenDisk;
 
 /// Largest discard / write-zeroes segment offered, in sectors (just under 2 GiB, so a
 /// segment's byte length stays far from overflow everywhere).
 pub const MAX_RANGE_SECTORS: u32 = (1 << 22) - 1;
 
 /// The features this device offers, each decided here and nowhere else.
-pub fn offered_features(disk: &Disk, cfg: &DiskConfig) -> Features {
+pub fn offered_features(disk: &OpenDisk, cfg: &DiskConfig) -> Features {
     // Modern device only (4.1.2.1: non-transitional, device ID 0x1042).
     let mut f = Features::bit(VIRTIO_F_VERSION_1);
     // virtqueue-core implements used_event / avail_event suppression: fewer kicks and
@@ -56,7 +56,7 @@ pub fn offered_features(disk: &Disk, cfg: &DiskConfig) -> Features {
 }
 
 /// `struct virtio_blk_config` for `disk` (5.2.4 "Device configuration layout").
-pub fn device_config(disk: &Disk, cfg: &DiskConfig, features: Features) -> VirtioBlkConfig {
+pub fn device_config(disk: &OpenDisk, cfg: &DiskConfig, features: Features) -> VirtioBlkConfig {
     let blk_size = disk.logical_block_size().max(SECTOR_SIZE as u32);
     let mut c = VirtioBlkConfig::new(disk.capacity_sectors())
         .with_seg_max(u32::from(cfg.queue_size).saturating_sub(2).max(1))

@@ -196,6 +196,8 @@ impl Rig {
             write_log: None,
             limits: Default::default(),
             group: None,
+            uri: None,
+            reconnect_timeout: std::time::Duration::from_secs(5),
         };
         let dev = VirtioBlkPci::new(&cfg, ctx).expect("device");
         let layout = RingLayout::new(QSIZE).expect("layout");

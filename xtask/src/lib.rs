@@ -5,6 +5,7 @@ pub mod bench;
 pub mod durability;
 pub mod guest;
 pub mod hostbench;
+pub mod nbd_server;
 #[path = "../../guest-test-kernel/src/pattern.rs"]
 #[allow(dead_code, missing_docs)]
 pub mod pattern;

@@ -10,6 +10,7 @@ mod soak;
 
 use xtask::bench;
 use xtask::guest::{build_guest, build_vmm};
+use xtask::nbd_server::{NbdServer, NbdServerKind};
 use xtask::report::GuestReport;
 use xtask::runner::{ensure_image, qemu_binary, qemu_command, run_guest, Peer, RunOutput};
 use xtask::vhost_user;
@@ -27,8 +28,11 @@ fn usage() -> String {
 
 commands:
   run [--io-mode vcpu|iothread|dataplane|workers] [--completion poll|irq] [--secs N]
+      [--backend file|nbd|nbdkit]
         build the guest and the VMM, boot the guest with a virtio-blk disk
-        (target/xtask/disk.img), run its self-tests and a benchmark, print a summary
+        (target/xtask/disk.img), run its self-tests and a benchmark, print a summary;
+        --backend nbd serves the image with qemu-storage-daemon, nbdkit with nbdkit's file
+        plugin, over a Unix socket, to the VMM's NBD client
   crosscheck [--completion poll|irq] [--vhost-user]
         run the same guest under QEMU (q35, virtio-blk-pci) as the reference device;
         --vhost-user: QEMU as the front end of our vhost-user-blk back end on
@@ -64,6 +68,7 @@ struct Options {
     systems: Option<Vec<String>>,
     workload: Option<String>,
     vhost_user: bool,
+    backend: String,
 }
 
 impl Default for Options {
@@ -76,6 +81,7 @@ impl Default for Options {
             systems: None,
             workload: None,
             vhost_user: false,
+            backend: "file".into(),
         }
     }
 }
@@ -108,6 +114,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
             "--quick" => opts.quick = true,
             "--vhost-user" => opts.vhost_user = true,
             "--workload" => opts.workload = Some(value()?),
+            "--backend" => opts.backend = value()?,
             "--systems" => opts.systems = Some(value()?.split(',').map(str::to_string).collect()),
             other => return Err(format!("unknown option {other}\n\n{}", usage())),
         }
@@ -215,16 +222,33 @@ fn cmd_run(opts: &Options) -> Result<bool, String> {
         &guest_cmdline(opts, true),
     ]);
     // O_DIRECT: buffered, the benchmark would measure the host's page cache, not the disk.
-    cmd.arg("--disk").arg(format!(
-        "path={},direct=on,serial={DISK_SERIAL}",
-        disk.display()
-    ));
+    // An NBD server opens the image with O_DIRECT itself (qemu-storage-daemon
+    // cache.direct=on); nbdkit's file plugin goes through the page cache.
+    let server = match opts.backend.as_str() {
+        "file" => None,
+        b => {
+            let kind = NbdServerKind::from_backend(b)
+                .ok_or_else(|| format!("--backend must be file, nbd or nbdkit, not {b}"))?;
+            let socket = root.join("target/xtask/nbd.sock");
+            Some(NbdServer::start(kind, &disk, &socket, "disk0")?)
+        }
+    };
+    let target = match &server {
+        Some(s) => format!("uri={}", s.uri("disk0")),
+        None => format!("path={},direct=on", disk.display()),
+    };
+    cmd.arg("--disk")
+        .arg(format!("{target},serial={DISK_SERIAL}"));
     if let Some(mode) = &opts.io_mode {
         cmd.args(["--io-mode", mode]);
     }
     println!("== booting {} in {}", guest.display(), vmm.display());
     let out = run_guest(cmd, Peer::Vmm, Duration::from_secs(600), true)?;
-    Ok(summarize("vmm", "disk.img, O_DIRECT", &out, false))
+    let what = match &server {
+        Some(s) => format!("disk.img over NBD ({})", s.kind().program()),
+        None => "disk.img, O_DIRECT".into(),
+    };
+    Ok(summarize("vmm", &what, &out, false))
 }
 
 fn cmd_crosscheck(opts: &Options) -> Result<bool, String> {

@@ -79,6 +79,8 @@ fn device(
         write_log: None,
         limits: Default::default(),
         group: None,
+        uri: None,
+        reconnect_timeout: std::time::Duration::from_secs(5),
     };
     (VirtioBlkPci::new(&cfg, ctx).expect("device"), mem)
 }

@@ -1,0 +1,183 @@
+//! [`NbdExport`]: an export opened over one or more connections, each with its thread.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use backend_raw::Engine;
+
+use crate::connection::{Shared, Sink, Worker};
+use crate::engine::NbdEngine;
+use crate::eventfd::EventFd;
+use crate::handshake::{connect, ExportInfo};
+use crate::stats::{Counters, NbdStats};
+use crate::uri::NbdUri;
+use crate::NbdError;
+
+/// How to open an export.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NbdOptions {
+    /// How long a request may wait for a lost connection to come back before it fails with
+    /// `EIO`; also how long a connection may go without any reply while requests wait
+    /// before it counts as stalled and is dropped.
+    pub reconnect_timeout: Duration,
+    /// Connections wanted (one per device queue). More than one is opened only when the
+    /// server sets `NBD_FLAG_CAN_MULTI_CONN`; otherwise every engine shares one, pipelined.
+    pub connections: usize,
+}
+
+impl Default for NbdOptions {
+    fn default() -> Self {
+        NbdOptions {
+            reconnect_timeout: Duration::from_secs(5),
+            connections: 1,
+        }
+    }
+}
+
+struct Connection {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// An NBD export: its geometry from the handshake and the connections serving it.
+///
+/// Engines ([`engine`](Self::engine)) are spread over the connections in turn. Dropping the
+/// export sends `NBD_CMD_DISC` on each connection once its requests are done.
+pub struct NbdExport {
+    uri: NbdUri,
+    info: ExportInfo,
+    conns: Vec<Connection>,
+    next: AtomicUsize,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for NbdExport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NbdExport")
+            .field("uri", &self.uri)
+            .field("info", &self.info)
+            .field("connections", &self.conns.len())
+            .finish()
+    }
+}
+
+impl NbdExport {
+    /// Connects to `uri`, negotiates the export and starts the connection threads.
+    pub fn open(uri: &NbdUri, opts: NbdOptions) -> Result<NbdExport, NbdError> {
+        let handshake_timeout = opts.reconnect_timeout.max(Duration::from_secs(1));
+        let (stream, info) = connect(uri, handshake_timeout)?;
+        let counters = Arc::new(Counters::default());
+        let mut export = NbdExport {
+            uri: uri.clone(),
+            info,
+            conns: Vec::new(),
+            next: AtomicUsize::new(0),
+            counters,
+        };
+        export.start(stream, opts.reconnect_timeout)?;
+        let wanted = if info.can_multi_conn() {
+            opts.connections.max(1)
+        } else {
+            1
+        };
+        for _ in 1..wanted {
+            let (stream, more) = connect(uri, handshake_timeout)?;
+            if more.size != info.size || more.flags != info.flags {
+                return Err(NbdError::Changed {
+                    target: uri.to_string(),
+                    what: "a second connection saw another export".into(),
+                });
+            }
+            export.start(stream, opts.reconnect_timeout)?;
+        }
+        Ok(export)
+    }
+
+    fn start(
+        &mut self,
+        stream: crate::handshake::Stream,
+        timeout: Duration,
+    ) -> Result<(), NbdError> {
+        let fd = stream.into_nonblocking_fd().map_err(|source| NbdError::Io {
+            target: self.uri.to_string(),
+            source,
+        })?;
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Vec::new()),
+            wake: EventFd::new().map_err(NbdError::EventFd)?,
+            stop: AtomicBool::new(false),
+        });
+        let worker = Worker::new(
+            self.uri.clone(),
+            timeout,
+            self.info,
+            fd,
+            shared.clone(),
+            self.counters.clone(),
+        );
+        let thread = std::thread::Builder::new()
+            .name(format!("nbd-conn{}", self.conns.len()))
+            .spawn(move || worker.run())
+            .map_err(NbdError::Thread)?;
+        self.conns.push(Connection {
+            shared,
+            thread: Some(thread),
+        });
+        Ok(())
+    }
+
+    /// What the handshake said about the export.
+    pub fn info(&self) -> &ExportInfo {
+        &self.info
+    }
+
+    /// The URI the export was opened from.
+    pub fn uri(&self) -> &NbdUri {
+        &self.uri
+    }
+
+    /// Connections open (or being re-established).
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// An engine holding up to `depth` requests in flight, on the next connection in turn.
+    /// With `blocking`, each request completes inside `submit` (for callers that want the
+    /// `sync` engine's contract).
+    pub fn engine(&self, depth: usize, blocking: bool) -> Result<Box<dyn Engine>, NbdError> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        let sink = Arc::new(Sink {
+            done: Mutex::new(Vec::with_capacity(depth)),
+            ready: Condvar::new(),
+            fd: EventFd::new().map_err(NbdError::EventFd)?,
+        });
+        Ok(Box::new(NbdEngine::new(
+            self.conns[i].shared.clone(),
+            sink,
+            self.info,
+            depth.max(1),
+            blocking,
+        )))
+    }
+
+    /// The counters of all connections so far.
+    pub fn stats(&self) -> NbdStats {
+        self.counters.snapshot()
+    }
+}
+
+impl Drop for NbdExport {
+    fn drop(&mut self) {
+        for c in &self.conns {
+            c.shared.stop.store(true, Ordering::Release);
+            c.shared.wake.signal();
+        }
+        for c in &mut self.conns {
+            if let Some(t) = c.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Helpers of the integration tests: a server process killed on every exit path, and a
+//! small client driving an engine synchronously.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use backend_nbd::{NbdExport, NbdOptions, NbdUri};
+use backend_raw::{Completion, Engine, IoOp};
+
+/// A server process on a Unix socket; killed when dropped.
+pub struct Server {
+    child: Child,
+    pub socket: PathBuf,
+}
+
+impl Server {
+    /// Starts `nbdkit -U SOCKET -f ARGS...` and waits for its socket. Fails (never skips)
+    /// when nbdkit is missing: CI installs it.
+    pub fn nbdkit(socket: &Path, args: &[&str]) -> Server {
+        let _ = std::fs::remove_file(socket);
+        let child = Command::new("nbdkit")
+            .arg("-U")
+            .arg(socket)
+            .arg("-f")
+            .args(args)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run nbdkit ({e}): install it (apt-get install nbdkit)"));
+        let mut s = Server {
+            child,
+            socket: socket.to_path_buf(),
+        };
+        s.wait_ready();
+        s
+    }
+
+    fn wait_ready(&mut self) {
+        let t = Instant::now();
+        while !self.socket.exists() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the server exited early: {status}");
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "server socket never appeared");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn uri(&self) -> NbdUri {
+        format!("nbd+unix:///?socket={}", self.socket.display())
+            .parse()
+            .unwrap()
+    }
+
+    /// Kills the server and waits for it (its socket file goes with it).
+    pub fn kill(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn open(uri: &NbdUri, timeout_ms: u64) -> NbdExport {
+    NbdExport::open(
+        uri,
+        NbdOptions {
+            reconnect_timeout: Duration::from_millis(timeout_ms),
+            connections: 1,
+        },
+    )
+    .expect("open the export")
+}
+
+/// Runs one request to its end and returns its result.
+pub fn run(engine: &mut dyn Engine, op: IoOp, buf: &mut [u8]) -> Result<u32, i32> {
+    let iov = [libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    }];
+    let iov: &[libc::iovec] = match op {
+        IoOp::Read { .. } | IoOp::Write { .. } => &iov,
+        _ => &[],
+    };
+    // SAFETY: `buf` outlives the request, which completes before this returns.
+    unsafe { engine.submit(op, iov, 7).unwrap() };
+    engine.flush_submissions().unwrap();
+    let mut done: Vec<Completion> = Vec::new();
+    while done.is_empty() {
+        engine.wait().unwrap();
+        engine.reap(&mut done);
+    }
+    assert_eq!(done[0].user_data, 7);
+    done[0].result
+}
+
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (seed.wrapping_mul(31).wrapping_add(i as u64 * 7) % 251) as u8)
+        .collect()
+}
