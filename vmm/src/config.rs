@@ -9,8 +9,8 @@ use thiserror::Error;
 
 pub use backend_raw::EngineKind;
 pub use blk_device::config::{DiskConfig, DiskConfigError};
-pub use blk_device::throttle::{GroupSpec, GroupSpecError};
 pub use blk_device::mode::IoMode;
+pub use blk_device::throttle::{GroupSpec, GroupSpecError};
 
 /// The smallest guest RAM we accept: the guest image, its page tables and rings must fit.
 pub const MIN_MEMORY_BYTES: u64 = 16 << 20;
@@ -106,7 +106,9 @@ pub enum ConfigError {
     #[error("--throttle-group name={0} is given twice: give each group its own name")]
     GroupTwice(String),
     /// A disk naming a group that was not given.
-    #[error("--disk group={0} names no --throttle-group: add --throttle-group name={0},iops=N (or bw=)")]
+    #[error(
+        "--disk group={0} names no --throttle-group: add --throttle-group name={0},iops=N (or bw=)"
+    )]
     UnknownGroup(String),
     /// The same image given to two disks.
     #[error("disk image {0} is given twice: give each disk its own image")]

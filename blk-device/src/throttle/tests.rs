@@ -106,7 +106,10 @@ fn what_each_request_is_charged() {
     assert_eq!(Charge::of(T::GetId, 20), None);
     assert_eq!(Charge::of(T::Flush, 0).map(|c| c.bytes), Some(0));
     assert_eq!(Charge::of(T::Discard, 1 << 20).map(|c| c.bytes), Some(0));
-    assert_eq!(Charge::of(T::WriteZeroes, 1 << 20).map(|c| c.bytes), Some(0));
+    assert_eq!(
+        Charge::of(T::WriteZeroes, 1 << 20).map(|c| c.bytes),
+        Some(0)
+    );
     assert_eq!(Charge::of(T::In, 4096).map(|c| c.bytes), Some(4096));
     // A read does not draw from the write bucket.
     let limits = Limits {
@@ -174,7 +177,10 @@ fn limits_grammar() {
         l.check()
     };
     assert!(matches!(bad(&[("iops", "0")]), Err(LimitsError::Value(..))));
-    assert!(matches!(bad(&[("bw", "fast")]), Err(LimitsError::Value(..))));
+    assert!(matches!(
+        bad(&[("bw", "fast")]),
+        Err(LimitsError::Value(..))
+    ));
     assert!(matches!(
         bad(&[("iops", "10"), ("iops-rd", "5")]),
         Err(LimitsError::TotalAndDirection("iops"))
