@@ -399,6 +399,9 @@ impl QueueService {
     pub fn quiesce(&mut self) {
         if let Some(job) = self.parked.take() {
             self.free.push(job);
+            if let Some(t) = &mut self.throttle {
+                t.forget_parked();
+            }
         }
         while self.scheduler.in_flight() > 0 {
             self.scheduler.wait();
