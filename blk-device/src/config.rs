@@ -368,7 +368,11 @@ mod tests {
         assert_eq!(d.limits.bw_burst, Some(1 << 20));
         assert_eq!(d.group.as_deref(), Some("g"));
         let e = DiskConfig::parse("path=a,iops=1,iops-rd=1").unwrap_err();
-        assert!(e.to_string().starts_with("--disk iops cannot be given with"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("--disk iops cannot be given with"),
+            "{e}"
+        );
     }
 
     #[test]

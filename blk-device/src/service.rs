@@ -210,7 +210,7 @@ impl QueueService {
                 self.parked = Some(job);
                 return Ok(false);
             }
-            self.admit(job);
+            self.admit(job, false);
             if self.parked.is_some() {
                 return Ok(false);
             }
@@ -251,17 +251,17 @@ impl QueueService {
         }
         self.trace.stamp(Stage::Parsed, head);
         if self.throttle.is_some() {
-            return self.admit(job);
+            return self.admit(job, true);
         }
         self.run(job);
     }
 
     /// Starts `job` if the throttle admits it; parks it otherwise (the throttle's timer or
-    /// its group wakes the queue to ask again).
-    fn admit(&mut self, job: Box<IoJob>) {
+    /// its group wakes the queue to ask again). `fresh`: first asked, not a parked one.
+    fn admit(&mut self, job: Box<IoJob>, fresh: bool) {
         if let (Some(t), Some(charge)) = (&mut self.throttle, job.charge()) {
             if !t.admit(charge) {
-                if self.parked.is_none() {
+                if fresh {
                     self.observers.metrics.on_throttled();
                     self.trace.stamp(Stage::Throttled, job.head);
                 }
@@ -399,6 +399,9 @@ impl QueueService {
     pub fn quiesce(&mut self) {
         if let Some(job) = self.parked.take() {
             self.free.push(job);
+            if let Some(t) = &mut self.throttle {
+                t.forget_parked();
+            }
         }
         while self.scheduler.in_flight() > 0 {
             self.scheduler.wait();

@@ -272,8 +272,8 @@ struct GroupState {
     buckets: BucketSet,
     /// Members refused for lack of tokens or turn, in turn order.
     waiting: VecDeque<MemberId>,
-    /// The timer of each member (None: slot free).
-    wakers: Vec<Option<Arc<Timer>>>,
+    /// Each member (None: slot free).
+    wakers: Vec<Option<Member>>,
 }
 
 impl ThrottleGroup {
@@ -294,21 +294,46 @@ impl ThrottleGroup {
         &self.name
     }
 
-    /// Adds a member that is woken through `waker` when its turn comes.
-    pub fn join(&self, waker: Arc<Timer>) -> MemberId {
+    /// Adds a member (a disk); its queues add their timers with [`ThrottleGroup::add_waker`].
+    pub fn join(&self) -> MemberId {
         let mut s = lock(&self.state);
         match s.wakers.iter().position(Option::is_none) {
             Some(i) => {
                 if let Some(slot) = s.wakers.get_mut(i) {
-                    *slot = Some(waker);
+                    *slot = Some(Member::default());
                 }
                 i
             }
             None => {
-                s.wakers.push(Some(waker));
+                s.wakers.push(Some(Member::default()));
                 s.wakers.len() - 1
             }
         }
+    }
+
+    /// Wakes `timer` (a queue of `member`) when the member's turn comes.
+    pub fn add_waker(&self, member: MemberId, timer: Arc<Timer>) {
+        if let Some(m) = lock(&self.state).member(member) {
+            m.timers.push(timer);
+        }
+    }
+
+    /// Forgets a queue of `member`: its timer added with [`ThrottleGroup::add_waker`], and
+    /// its place in the turn order if it was `queued`.
+    pub fn remove_waker(&self, member: MemberId, timer: &Arc<Timer>, queued: bool) {
+        let mut s = lock(&self.state);
+        if let Some(m) = s.member(member) {
+            m.timers.retain(|t| !Arc::ptr_eq(t, timer));
+        }
+        if queued {
+            s.forget(member);
+        }
+    }
+
+    /// A queue of `member` that was waiting for the group no longer does (its request was
+    /// dropped at a reset).
+    fn forget(&self, member: MemberId) {
+        lock(&self.state).forget(member);
     }
 
     /// Removes a member; the next one gets the turn if it had it.
@@ -324,68 +349,117 @@ impl ThrottleGroup {
         }
     }
 
-    /// Asks for `charge` on behalf of `member` at `now_ns`; `own_wait` is what the member's
-    /// own buckets ask (0: they admit it), `take_own` takes from them when the group admits.
+    /// Asks for `charge` on behalf of a queue of `member` at `now_ns`; `own_wait` is what
+    /// the member's own buckets ask (0: they admit it), `take_own` takes from them when the
+    /// group admits. `queued` says whether this queue already counts as waiting for the group.
     fn admit(
         &self,
         member: MemberId,
         now_ns: u64,
         charge: Charge,
         own_wait: u64,
+        queued: &mut bool,
         take_own: impl FnOnce(),
     ) -> Admission {
         let mut s = lock(&self.state);
         let front = s.waiting.front().copied();
         if own_wait > 0 {
             // Held back by its own limits: it must not hold the group's turn meanwhile.
-            if front == Some(member) {
-                s.waiting.pop_front();
-                s.wake_front();
-            }
-            s.waiting.retain(|&m| m != member);
+            s.set_queued(member, queued, false);
+            s.pass_turn(member, front);
             return Admission::After(own_wait);
         }
         if front.is_some_and(|f| f != member) {
-            if !s.waiting.contains(&member) {
-                s.waiting.push_back(member);
-            }
+            s.set_queued(member, queued, true);
             return Admission::Turn;
         }
         let wait = s.buckets.wait_ns(now_ns, charge);
         if wait > 0 {
-            if front.is_none() {
-                s.waiting.push_back(member);
-            }
+            s.set_queued(member, queued, true);
             return Admission::After(wait);
         }
         s.buckets.take(charge);
         take_own();
-        if front == Some(member) {
-            s.waiting.pop_front();
-            s.wake_front();
-        }
+        s.set_queued(member, queued, false);
+        s.pass_turn(member, front);
         Admission::Now
     }
 }
 
+/// One member of a group: the timers of its queues, and how many of them wait for the group.
+#[derive(Debug, Default)]
+struct Member {
+    timers: Vec<Arc<Timer>>,
+    queued: usize,
+}
+
 impl GroupState {
+    fn forget(&mut self, m: MemberId) {
+        let front = self.waiting.front().copied();
+        let mut queued = true;
+        self.set_queued(m, &mut queued, false);
+        if self.member(m).is_some_and(|x| x.queued == 0) {
+            self.pass_turn(m, front);
+        }
+    }
+
+    fn member(&mut self, m: MemberId) -> Option<&mut Member> {
+        self.wakers.get_mut(m).and_then(Option::as_mut)
+    }
+
+    /// Counts a queue of `m` as waiting for the group or not; a member with a waiting queue
+    /// is in the turn order.
+    fn set_queued(&mut self, m: MemberId, queued: &mut bool, now: bool) {
+        if *queued != now {
+            if let Some(member) = self.member(m) {
+                member.queued = if now {
+                    member.queued + 1
+                } else {
+                    member.queued.saturating_sub(1)
+                };
+            }
+            *queued = now;
+        }
+        if now && !self.waiting.contains(&m) {
+            self.waiting.push_back(m);
+        }
+    }
+
+    /// `m` had its turn (or gives it up): to the back of the order if other queues of it still
+    /// wait, out of it otherwise; the next member is woken if the turn moved.
+    fn pass_turn(&mut self, m: MemberId, front: Option<MemberId>) {
+        if front == Some(m) {
+            self.waiting.pop_front();
+        } else {
+            self.waiting.retain(|&w| w != m);
+        }
+        if self.member(m).is_some_and(|x| x.queued > 0) {
+            self.waiting.push_back(m);
+        }
+        if self.waiting.front().copied() != front {
+            self.wake_front();
+        }
+    }
+
+    /// Wakes every queue of the member whose turn it now is.
     fn wake_front(&self) {
-        if let Some(t) = self
+        let front = self
             .waiting
             .front()
             .and_then(|&m| self.wakers.get(m))
-            .and_then(Option::as_ref)
-        {
+            .and_then(Option::as_ref);
+        for t in front.into_iter().flat_map(|m| &m.timers) {
             t.arm_ns(1);
         }
     }
 }
 
-/// One disk's limits: its own buckets (shared by its queues) and its group.
+/// One disk's limits: its own buckets (shared by its queues) and its group, in which the
+/// disk is one member: its queues share its turns.
 #[derive(Debug)]
 pub struct DiskThrottle {
     own: Option<Mutex<BucketSet>>,
-    group: Option<Arc<ThrottleGroup>>,
+    group: Option<(Arc<ThrottleGroup>, MemberId)>,
     clock: Arc<dyn Clock>,
 }
 
@@ -404,7 +478,10 @@ impl DiskThrottle {
         let now = clock.now_ns();
         Some(Arc::new(DiskThrottle {
             own: limits.map(|l| Mutex::new(BucketSet::new(l, now))),
-            group,
+            group: group.map(|g| {
+                let member = g.join();
+                (g, member)
+            }),
             clock,
         }))
     }
@@ -417,21 +494,23 @@ impl DiskThrottle {
     /// The per-queue handle of this throttle, with a timer of its own.
     pub fn queue(self: &Arc<Self>) -> std::io::Result<QueueThrottle> {
         let timer = Arc::new(Timer::new()?);
-        let member = self.group.as_ref().map(|g| g.join(timer.clone()));
+        if let Some((g, member)) = &self.group {
+            g.add_waker(*member, timer.clone());
+        }
         Ok(QueueThrottle {
             disk: self.clone(),
-            member,
             timer,
+            queued: false,
             parked_since: None,
         })
     }
 
-    fn admit(&self, member: Option<MemberId>, charge: Charge) -> Admission {
+    fn admit(&self, charge: Charge, queued: &mut bool) -> Admission {
         let now = self.clock.now_ns();
         let mut own = self.own.as_ref().map(lock);
         let own_wait = own.as_mut().map_or(0, |b| b.wait_ns(now, charge));
-        match (&self.group, member) {
-            (Some(g), Some(m)) => g.admit(m, now, charge, own_wait, || {
+        match &self.group {
+            Some((g, m)) => g.admit(*m, now, charge, own_wait, queued, || {
                 if let Some(b) = own.as_mut() {
                     b.take(charge);
                 }
@@ -452,8 +531,9 @@ impl DiskThrottle {
 #[derive(Debug)]
 pub struct QueueThrottle {
     disk: Arc<DiskThrottle>,
-    member: Option<MemberId>,
     timer: Arc<Timer>,
+    /// Whether this queue counts as waiting for its group's turn.
+    queued: bool,
     /// When the request now parked was first refused.
     parked_since: Option<u64>,
 }
@@ -462,7 +542,7 @@ impl QueueThrottle {
     /// Asks to run a request costing `charge`. When refused, the timer is armed for when to
     /// ask again (or the group arms it when the queue's turn comes) and `false` is returned.
     pub fn admit(&mut self, charge: Charge) -> bool {
-        match self.disk.admit(self.member, charge) {
+        match self.disk.admit(charge, &mut self.queued) {
             Admission::Now => true,
             Admission::After(ns) => {
                 self.timer.arm_ns(ns);
@@ -497,12 +577,30 @@ impl QueueThrottle {
     pub fn drain_timer(&self) {
         self.timer.drain();
     }
+
+    /// The parked request was dropped unstarted (reset): nothing waits any more.
+    pub fn forget_parked(&mut self) {
+        self.parked_since = None;
+        if let Some((g, m)) = &self.disk.group {
+            if std::mem::take(&mut self.queued) {
+                g.forget(*m);
+            }
+        }
+    }
 }
 
 impl Drop for QueueThrottle {
     fn drop(&mut self) {
-        if let (Some(g), Some(m)) = (&self.disk.group, self.member) {
-            g.leave(m);
+        if let Some((g, m)) = &self.disk.group {
+            g.remove_waker(*m, &self.timer, self.queued);
+        }
+    }
+}
+
+impl Drop for DiskThrottle {
+    fn drop(&mut self) {
+        if let Some((g, m)) = &self.group {
+            g.leave(*m);
         }
     }
 }

@@ -315,11 +315,7 @@ impl<'a> Options<'a> {
             }
             "qd" => self.qd = parse_u32_nonzero(value).ok_or(bad)?,
             "secs" => self.secs = parse_u32_nonzero(value).ok_or(bad)?,
-            "disks" => {
-                self.disks = parse_u32_nonzero(value)
-                    .filter(|&n| n <= 2)
-                    .ok_or(bad)?
-            }
+            "disks" => self.disks = parse_u32_nonzero(value).filter(|&n| n <= 2).ok_or(bad)?,
             "completion" => {
                 self.completion = match value {
                     "poll" => Completion::Poll,

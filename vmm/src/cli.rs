@@ -32,7 +32,11 @@ pub struct Cli {
     /// A virtio-blk disk, as comma-separated key=value items: path=PATH (required),
     /// readonly=on|off, direct=on|off, engine=sync|io_uring, queues=N, queue-size=N (a power of
     /// two up to 256), serial=STR (up to 20 bytes), fault=SPEC (inject I/O errors: the grammar
-    /// of backend-raw's FaultSpec, with `;` between conditions). Repeat for more disks.
+    /// of backend-raw's FaultSpec, with `;` between conditions). Limits: iops=N, iops-rd=N,
+    /// iops-wr=N, bw=BYTES/s, bw-rd=, bw-wr= (K/M/G suffixes), iops-burst=N, bw-burst=BYTES,
+    /// group=G (share a --throttle-group). Reads and writes are charged one op and their bytes;
+    /// FLUSH one op; DISCARD and WRITE_ZEROES one op and no bytes; GET_ID nothing. Repeat for
+    /// more disks.
     #[arg(long, value_name = "path=PATH,...")]
     pub disk: Vec<String>,
     /// Limits shared by the disks that name the group with `--disk ...,group=G`; disks of one

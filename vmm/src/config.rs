@@ -9,8 +9,8 @@ use thiserror::Error;
 
 pub use backend_raw::EngineKind;
 pub use blk_device::config::{DiskConfig, DiskConfigError};
-pub use blk_device::throttle::{GroupSpec, GroupSpecError};
 pub use blk_device::mode::IoMode;
+pub use blk_device::throttle::{GroupSpec, GroupSpecError};
 
 /// The smallest guest RAM we accept: the guest image, its page tables and rings must fit.
 pub const MIN_MEMORY_BYTES: u64 = 16 << 20;
@@ -106,7 +106,9 @@ pub enum ConfigError {
     #[error("--throttle-group name={0} is given twice: give each group its own name")]
     GroupTwice(String),
     /// A disk naming a group that was not given.
-    #[error("--disk group={0} names no --throttle-group: add --throttle-group name={0},iops=N (or bw=)")]
+    #[error(
+        "--disk group={0} names no --throttle-group: add --throttle-group name={0},iops=N (or bw=)"
+    )]
     UnknownGroup(String),
     /// The same image given to two disks.
     #[error("disk image {0} is given twice: give each disk its own image")]
@@ -133,20 +135,8 @@ pub enum ConfigError {
 
 /// Parses `256M`, `1G`, `512K` or a plain byte count. `what` names the option for the error.
 pub fn parse_size(s: &str, what: &'static str) -> Result<u64, ConfigError> {
-    let bad = || ConfigError::BadSize(s.to_string(), what);
-    let t = s.trim();
-    let (digits, shift) = match t.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&t[..i], 10),
-        Some((i, 'm' | 'M')) => (&t[..i], 20),
-        Some((i, 'g' | 'G')) => (&t[..i], 30),
-        Some(_) => (t, 0),
-        None => return Err(bad()),
-    };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
-    }
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    n.checked_mul(1u64 << shift).ok_or_else(bad)
+    blk_device::throttle::parse_size(s.trim())
+        .ok_or_else(|| ConfigError::BadSize(s.to_string(), what))
 }
 
 /// Parses and bounds-checks the `--memory` value.

@@ -78,7 +78,10 @@ fn bad_limits_and_groups() {
     let disk = |extra: &str| format!("path={}{extra}", img.display());
     for (args, needle) in [
         (vec!["--disk", &disk(",iops=0")], "--disk iops=0 is invalid"),
-        (vec!["--disk", &disk(",bw=fast")], "--disk bw=fast is invalid"),
+        (
+            vec!["--disk", &disk(",bw=fast")],
+            "--disk bw=fast is invalid",
+        ),
         (
             vec!["--disk", &disk(",iops=10,iops-wr=5")],
             "iops cannot be given with iops-rd or iops-wr",

@@ -32,8 +32,8 @@ use crate::inflight::engine_depth;
 use crate::request::RequestParser;
 use crate::scheduler::{Inline, Scheduler};
 use crate::service::{Observers, QueueService};
-use crate::throttle::{DiskThrottle, ThrottleGroup};
 use crate::threads::ThreadHook;
+use crate::throttle::{DiskThrottle, ThrottleGroup};
 use crate::trace::QueueTrace;
 
 /// Which host threads serve the disks' queues (the talk's four I/O paths).

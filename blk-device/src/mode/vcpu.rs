@@ -60,7 +60,11 @@ pub fn start(act: Activation<'_>) -> Result<Box<dyn Serving>, DeviceError> {
         let stop = EventFd::new(EFD_NONBLOCK).map_err(fd_err)?;
         for &(i, fd) in &timers {
             epoll
-                .ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, i as u64))
+                .ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(EventSet::IN, i as u64),
+                )
                 .map_err(fd_err)?;
         }
         epoll
@@ -100,10 +104,7 @@ fn resume_loop(epoll: &Epoll, services: &Mutex<Vec<QueueService>>) {
                 return;
             }
             let mut all = lock(services);
-            if let Some(s) = usize::try_from(ev.data())
-                .ok()
-                .and_then(|i| all.get_mut(i))
-            {
+            if let Some(s) = usize::try_from(ev.data()).ok().and_then(|i| all.get_mut(i)) {
                 s.drain_throttle_fd();
                 s.resume();
             }
@@ -113,10 +114,7 @@ fn resume_loop(epoll: &Epoll, services: &Mutex<Vec<QueueService>>) {
 
 impl Serving for OnVcpu {
     fn notify(&mut self, queue: u16) -> bool {
-        if let Some(s) = lock(&self.services)
-            .iter_mut()
-            .find(|s| s.index() == queue)
-        {
+        if let Some(s) = lock(&self.services).iter_mut().find(|s| s.index() == queue) {
             s.serve_kick();
         }
         true

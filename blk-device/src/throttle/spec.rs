@@ -45,6 +45,9 @@ pub fn parse_size(v: &str) -> Option<u64> {
         (i, 'g' | 'G') => (v.get(..i)?, 30),
         _ => (v, 0),
     };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let n: u64 = digits.parse().ok()?;
     n.checked_mul(1u64 << shift)
 }

@@ -257,6 +257,6 @@ mod tests {
         for s in Stage::ALL {
             assert_eq!(Stage::from_u8(s as u8), Some(s));
         }
-        assert_eq!(Stage::from_u8(8), None);
+        assert_eq!(Stage::from_u8(Stage::ALL.len() as u8), None);
     }
 }

@@ -62,7 +62,10 @@ pub fn run(
     let bs = u64::from(opts.bs);
     let sectors = bs / SECTOR_SIZE as u64;
     if let Some(small) = blks.iter().find(|b| sectors == 0 || sectors > b.capacity()) {
-        fail!("bs={bs} does not fit a disk of {} sectors", small.capacity());
+        fail!(
+            "bs={bs} does not fit a disk of {} sectors",
+            small.capacity()
+        );
     }
     let mut segs = [(0u64, 0u32); MAX_SEGS];
     let nsegs = cut(
