@@ -305,13 +305,11 @@ impl VhostUserBackendReqHandlerMut for VhostUserBlk {
                 )
             }
         };
-        // Running rings move to the new map: stopped where they are, restarted over it.
-        let running: Vec<usize> = (0..self.vrings.len())
-            .filter(|&i| self.vrings[i].active.is_some())
-            .collect();
-        running.iter().for_each(|&i| self.stop_ring(i));
+        // Running rings move to the new map: stopped where they are, restarted over it. A
+        // ring that got its kick before any table starts now.
+        (0..self.vrings.len()).for_each(|i| self.stop_ring(i));
         self.mem = Some(table);
-        for i in running {
+        for i in 0..self.vrings.len() {
             self.refresh_ring(i)?;
         }
         Ok(None)
