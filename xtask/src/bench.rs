@@ -1037,7 +1037,8 @@ mod tests {
     fn systems_are_data_driven() {
         let names = system_names();
         assert_eq!(names.first(), Some(&BARE_METAL_FIO));
-        assert_eq!(names.last(), Some(&QEMU));
+        assert_eq!(names[names.len() - 3..], [QEMU, QEMU_VHOST_USER, QEMU_VHOST_QSD]);
+        assert!(is_qemu(QEMU_VHOST_QSD) && !is_qemu("vmm-default"));
         let default = VMM_SYSTEMS
             .iter()
             .find(|v| v.name == "vmm-default")
