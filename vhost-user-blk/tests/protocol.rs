@@ -183,24 +183,14 @@ fn start_ring(fe: &mut Frontend, mem: &Memory, q: usize, base: u64) -> Result<Ri
     let addrs = ring_addrs(base);
     let driver = DriverQueue::new(&mem.mem, QSIZE, addrs, true).unwrap();
     let call = EventFd::new(EFD_NONBLOCK).unwrap();
-    let kick = EventFd::new(EFD_NONBLOCK).unwrap();
-    fe.set_vring_num(q, QSIZE)?;
-    fe.set_vring_addr(
-        q,
-        &VringConfigData {
-            queue_max_size: QSIZE,
-            queue_size: QSIZE,
-            flags: 0,
-            desc_table_addr: USER_BASE + addrs.desc_table,
-            used_ring_addr: USER_BASE + addrs.used_ring,
-            avail_ring_addr: USER_BASE + addrs.avail_ring,
-            log_addr: None,
-        },
-    )?;
-    fe.set_vring_base(q, 0)?;
     fe.set_vring_call(q, &call)?;
-    fe.set_vring_kick(q, &kick)?;
-    fe.set_vring_enable(q, true)?;
+    let kick = start_raw_ring(
+        fe,
+        q,
+        USER_BASE + addrs.desc_table,
+        USER_BASE + addrs.avail_ring,
+        USER_BASE + addrs.used_ring,
+    )?;
     Ok(Ring { driver, call, kick })
 }
 
@@ -444,14 +434,14 @@ fn region_tables_with_overlaps_are_refused_holes_are_served() {
 }
 
 /// Sets up ring `q` with the front end's addresses `desc`, `avail`, `used` as given and
-/// starts it.
+/// starts it; returns its kick eventfd.
 fn start_raw_ring(
     fe: &mut Frontend,
     q: usize,
     desc: u64,
     avail: u64,
     used: u64,
-) -> Result<(), vhost::Error> {
+) -> Result<EventFd, vhost::Error> {
     let kick = EventFd::new(EFD_NONBLOCK).unwrap();
     fe.set_vring_num(q, QSIZE)?;
     fe.set_vring_addr(
@@ -468,7 +458,8 @@ fn start_raw_ring(
     )?;
     fe.set_vring_base(q, 0)?;
     fe.set_vring_kick(q, &kick)?;
-    fe.set_vring_enable(q, true)
+    fe.set_vring_enable(q, true)?;
+    Ok(kick)
 }
 
 #[test]

@@ -5,22 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::guest::target_dir;
 use crate::runner::{qemu_machine, QEMU_MEMORY_MIB};
-
-/// Builds the back end (release) and returns its path.
-pub fn build_backend(root: &Path) -> Result<PathBuf, String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(root)
-        .args(["build", "--release", "-p", "vhost-user-blk"])
-        .status()
-        .map_err(|e| format!("cannot run cargo to build vhost-user-blk: {e}"))?;
-    if !status.success() {
-        return Err(format!("building vhost-user-blk failed ({status})"));
-    }
-    Ok(target_dir(root).join("release").join("vhost-user-blk"))
-}
 
 /// A running back end; dropping it ends the process (SIGTERM, then SIGKILL after a grace
 /// period) and removes its socket.
