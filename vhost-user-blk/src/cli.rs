@@ -9,7 +9,7 @@ use blk_device::mode::IoMode;
 use vmm::seccomp::SeccompMode;
 
 /// The usage text of `--help`.
-pub const USAGE: &str = "usage: vhost-user-blk --socket PATH --disk path=IMG[,readonly=on][,direct=on][,engine=sync|io_uring][,queues=N][,queue-size=N][,serial=S] [--mode dataplane|workers] [--poll-us N] [--seccomp on|log|off]";
+pub const USAGE: &str = "usage: vhost-user-blk --socket PATH --disk path=IMG[,readonly=on][,direct=on][,engine=sync|io_uring][,queues=N][,queue-size=N][,serial=S] [--mode dataplane|workers] [--poll-us N] [--seccomp on|log|off] [--metrics PATH]";
 
 /// What the command line asked for.
 #[derive(Debug)]
@@ -24,6 +24,8 @@ pub struct Options {
     pub poll_us: Option<u32>,
     /// Seccomp filters of the ring (and worker) threads.
     pub seccomp: SeccompMode,
+    /// Where to write the device's counters (JSON, the VMM's format) at exit.
+    pub metrics: Option<PathBuf>,
 }
 
 /// A command line to refuse.
@@ -69,7 +71,7 @@ impl Options {
     /// Parses the arguments after the program name.
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, CliError> {
         let (mut socket, mut disk, mut mode, mut poll_us) = (None, None, None, None);
-        let mut seccomp = None;
+        let (mut seccomp, mut metrics) = (None, None);
         let mut args = args.into_iter();
         while let Some(a) = args.next() {
             if a == "--help" || a == "-h" {
@@ -109,6 +111,7 @@ impl Options {
                     let m = vmm::seccomp::mode_from_str(&v).map_err(|_| CliError::Seccomp(v))?;
                     set(&mut seccomp, "--seccomp", m)?
                 }
+                "--metrics" => set(&mut metrics, "--metrics", PathBuf::from(value()?))?,
                 _ => return Err(CliError::Unknown(a)),
             }
         }
@@ -120,6 +123,7 @@ impl Options {
             mode: mode.unwrap_or(IoMode::Dataplane),
             poll_us,
             seccomp: seccomp.unwrap_or_default(),
+            metrics,
         })
     }
 }

@@ -64,6 +64,10 @@ fn run(opts: Options) -> Result<(), String> {
     let backend = backend.lock().unwrap_or_else(|p| p.into_inner());
     // `serve` returned with every ring stopped after its in-flight requests.
     backend.device().sync().map_err(|e| format!("sync: {e}"))?;
+    if let Some(path) = &opts.metrics {
+        std::fs::write(path, backend.device().metrics().to_json())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
     served.map_err(|e| e.to_string())?;
     eprintln!("vhost-user-blk: stopped");
     Ok(())

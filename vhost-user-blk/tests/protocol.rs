@@ -44,6 +44,8 @@ impl Server {
                 "path={},queues={queues},serial=proto",
                 img.display()
             ))
+            .arg("--metrics")
+            .arg(dir.path().join("metrics.json"))
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
@@ -63,18 +65,21 @@ impl Server {
         self.socket.with_file_name("disk.img")
     }
 
-    /// SIGTERM and the exit status.
-    fn terminate(mut self) -> std::process::ExitStatus {
+    /// SIGTERM; whether it exited 0, and the counters it wrote (read before the temporary
+    /// directory goes with `self`).
+    fn terminate(mut self) -> (bool, String) {
         // SAFETY: kill(2) on our own unreaped child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let status = loop {
             if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
+                break s;
             }
             assert!(Instant::now() < deadline, "no exit after SIGTERM");
             std::thread::sleep(Duration::from_millis(10));
-        }
+        };
+        let metrics = std::fs::read_to_string(self.socket.with_file_name("metrics.json"));
+        (status.success(), metrics.unwrap_or_default())
     }
 
     fn alive(&mut self) -> bool {
@@ -307,7 +312,10 @@ fn io_on_two_queues_then_stop_restart_and_reconnect() {
     let mut r0 = start_ring(&mut fe, &mem, 0, 0x4000).unwrap();
     io_roundtrip(&mem, &mut r0, 32);
     drop(fe);
-    assert!(server.terminate().success(), "SIGTERM must exit 0");
+    let (ok, metrics) = server.terminate();
+    assert!(ok, "SIGTERM must exit 0");
+    // 3 requests per round trip, 4 round trips.
+    assert!(metrics.contains("\"requests\":12,"), "{metrics}");
 }
 
 #[test]
@@ -332,6 +340,26 @@ fn disconnect_with_a_request_in_flight() {
     let mut r = start_ring(&mut fe, &mem, 0, 0x2000).unwrap();
     io_roundtrip(&mem, &mut r, 0);
     assert!(server.alive());
+    // SIGTERM with the front end connected and a request in flight: the request completes,
+    // the disk is synced, exit 0.
+    r.driver
+        .add(
+            &mem.mem,
+            &[(0x10000, 16)],
+            &[(0x20000, 65536), (0x10010, 1)],
+        )
+        .unwrap();
+    r.kick.write(1).unwrap();
+    assert!(server.terminate().0, "SIGTERM must exit 0");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while r.driver.pop_used(&mem.mem).unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the request in flight was not completed"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(fe);
 }
 
 /// Bytes of a message header: request code, flags (version 1), payload size.
