@@ -428,21 +428,19 @@ impl VhostUserBackendReqHandlerMut for VhostUserBlk {
 
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> Result<()> {
         let i = self.vring_index(u32::from(index))?;
-        let call = match fd {
-            Some(fd) => self.received_eventfd(i, "call", fd)?,
-            None => None,
-        };
-        self.notifiers.set_call(i, call);
+        let call = fd
+            .map(|fd| self.received_eventfd(i, "call", fd))
+            .transpose()?;
+        self.notifiers.set_call(i, call.flatten());
         Ok(())
     }
 
     fn set_vring_err(&mut self, index: u8, fd: Option<File>) -> Result<()> {
         let i = self.vring_index(u32::from(index))?;
-        let err = match fd {
-            Some(fd) => self.received_eventfd(i, "error", fd)?,
-            None => None,
-        };
-        self.notifiers.set_err(i, err);
+        let err = fd
+            .map(|fd| self.received_eventfd(i, "error", fd))
+            .transpose()?;
+        self.notifiers.set_err(i, err.flatten());
         Ok(())
     }
 
