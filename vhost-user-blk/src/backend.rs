@@ -12,7 +12,7 @@
 //! memory is broken or hostile, and serving it further would only serve it wrongly.
 
 use std::fs::File;
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::sync::Arc;
 
 use blk_device::config::MAX_QUEUE_SIZE;
@@ -57,12 +57,28 @@ fn refuse<T>(this: &mut VhostUserBlk, why: String, err: Error) -> Result<T> {
     Err(err)
 }
 
-/// An eventfd from a file descriptor the front end sent.
-fn eventfd(file: File) -> EventFd {
-    // SAFETY: `into_raw_fd` hands over sole ownership of an open descriptor, which the EventFd
-    // now owns and closes. If the front end sent something that is not an eventfd, reads and
-    // writes on it fail or misbehave, but touch no memory of ours.
-    unsafe { EventFd::from_raw_fd(file.into_raw_fd()) }
+/// An eventfd from a file descriptor the front end sent, made non-blocking; `None` when it
+/// is no eventfd. A pipe could block a ring thread's notification for good (nobody reads
+/// it), and so could a blocking eventfd the front end filled up to its limit; QEMU's
+/// eventfds are non-blocking already, so setting the flag on the shared file changes nothing
+/// for it.
+fn eventfd(file: File) -> Option<EventFd> {
+    let fd = file.as_raw_fd();
+    let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
+    if target.as_os_str() != "anon_inode:[eventfd]" {
+        return None;
+    }
+    // SAFETY: fcntl on a descriptor we own; F_GETFL takes no argument, F_SETFL an int.
+    let ok = unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+    };
+    if !ok {
+        return None;
+    }
+    // SAFETY: `into_raw_fd` hands over sole ownership of an open eventfd, which the EventFd
+    // now owns and closes.
+    Some(unsafe { EventFd::from_raw_fd(file.into_raw_fd()) })
 }
 
 impl VhostUserBlk {
@@ -233,6 +249,18 @@ impl VhostUserBlk {
         )
     }
 
+    /// `fd` as the `what` eventfd of vring `i`, refused when it is no eventfd.
+    fn received_eventfd(&mut self, i: usize, what: &str, fd: File) -> Result<Option<EventFd>> {
+        match eventfd(fd) {
+            Some(e) => Ok(Some(e)),
+            None => refuse(
+                self,
+                format!("vring {i}: its {what} descriptor is no eventfd"),
+                Error::InvalidParam,
+            ),
+        }
+    }
+
     fn ring(&mut self, i: usize) -> &mut Vring {
         // `i` came from `vring_index`.
         &mut self.vrings[i]
@@ -305,13 +333,11 @@ impl VhostUserBackendReqHandlerMut for VhostUserBlk {
                 )
             }
         };
-        // Running rings move to the new map: stopped where they are, restarted over it.
-        let running: Vec<usize> = (0..self.vrings.len())
-            .filter(|&i| self.vrings[i].active.is_some())
-            .collect();
-        running.iter().for_each(|&i| self.stop_ring(i));
+        // Running rings move to the new map: stopped where they are, restarted over it. A
+        // ring that got its kick before any table starts now.
+        (0..self.vrings.len()).for_each(|i| self.stop_ring(i));
         self.mem = Some(table);
-        for i in running {
+        for i in 0..self.vrings.len() {
             self.refresh_ring(i)?;
         }
         Ok(None)
@@ -394,20 +420,27 @@ impl VhostUserBackendReqHandlerMut for VhostUserBlk {
                 Error::InvalidParam,
             );
         };
+        let kick = self.received_eventfd(i, "kick", fd)?;
         self.stop_ring(i);
-        self.ring(i).kick = Some(eventfd(fd));
+        self.ring(i).kick = kick;
         self.refresh_ring(i)
     }
 
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> Result<()> {
         let i = self.vring_index(u32::from(index))?;
-        self.notifiers.set_call(i, fd.map(eventfd));
+        let call = fd
+            .map(|fd| self.received_eventfd(i, "call", fd))
+            .transpose()?;
+        self.notifiers.set_call(i, call.flatten());
         Ok(())
     }
 
     fn set_vring_err(&mut self, index: u8, fd: Option<File>) -> Result<()> {
         let i = self.vring_index(u32::from(index))?;
-        self.notifiers.set_err(i, fd.map(eventfd));
+        let err = fd
+            .map(|fd| self.received_eventfd(i, "error", fd))
+            .transpose()?;
+        self.notifiers.set_err(i, err.flatten());
         Ok(())
     }
 

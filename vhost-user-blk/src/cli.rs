@@ -6,9 +6,10 @@ use std::path::PathBuf;
 
 use blk_device::config::DiskConfig;
 use blk_device::mode::IoMode;
+use vmm::seccomp::SeccompMode;
 
 /// The usage text of `--help`.
-pub const USAGE: &str = "usage: vhost-user-blk --socket PATH --disk path=IMG[,readonly=on][,direct=on][,engine=sync|io_uring][,queues=N][,queue-size=N][,serial=S] [--mode dataplane|workers] [--poll-us N]";
+pub const USAGE: &str = "usage: vhost-user-blk --socket PATH --disk path=IMG[,readonly=on][,direct=on][,engine=sync|io_uring][,queues=N][,queue-size=N][,serial=S] [--mode dataplane|workers] [--poll-us N] [--seccomp on|log|off] [--metrics PATH]";
 
 /// What the command line asked for.
 #[derive(Debug)]
@@ -21,6 +22,10 @@ pub struct Options {
     pub mode: IoMode,
     /// Busy-poll window of a ring's thread; `None` keeps the device model's default.
     pub poll_us: Option<u32>,
+    /// Seccomp filters of the ring (and worker) threads.
+    pub seccomp: SeccompMode,
+    /// Where to write the device's counters (JSON, the VMM's format) at exit.
+    pub metrics: Option<PathBuf>,
 }
 
 /// A command line to refuse.
@@ -47,6 +52,9 @@ pub enum CliError {
     /// A mode that needs a VMM (vCPU exits, the VM-wide loop).
     #[error("--mode {0} is not for a vhost-user back end: use dataplane or workers")]
     Mode(String),
+    /// A bad `--seccomp`.
+    #[error("--seccomp {0} is invalid: use on, log or off")]
+    Seccomp(String),
     /// A bad number.
     #[error("--poll-us {0} is not a number of microseconds")]
     PollUs(String),
@@ -63,6 +71,7 @@ impl Options {
     /// Parses the arguments after the program name.
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, CliError> {
         let (mut socket, mut disk, mut mode, mut poll_us) = (None, None, None, None);
+        let (mut seccomp, mut metrics) = (None, None);
         let mut args = args.into_iter();
         while let Some(a) = args.next() {
             if a == "--help" || a == "-h" {
@@ -97,6 +106,12 @@ impl Options {
                     let n = v.parse::<u32>().map_err(|_| CliError::PollUs(v))?;
                     set(&mut poll_us, "--poll-us", n)?
                 }
+                "--seccomp" => {
+                    let v = value()?;
+                    let m = vmm::seccomp::mode_from_str(&v).map_err(|_| CliError::Seccomp(v))?;
+                    set(&mut seccomp, "--seccomp", m)?
+                }
+                "--metrics" => set(&mut metrics, "--metrics", PathBuf::from(value()?))?,
                 _ => return Err(CliError::Unknown(a)),
             }
         }
@@ -107,6 +122,8 @@ impl Options {
             disk,
             mode: mode.unwrap_or(IoMode::Dataplane),
             poll_us,
+            seccomp: seccomp.unwrap_or_default(),
+            metrics,
         })
     }
 }
@@ -128,6 +145,7 @@ mod tests {
             "--socket s --disk path=/dev/null,queues=0",
             "--socket s --disk path=/dev/null --mode vcpu",
             "--socket s --disk path=/dev/null --poll-us x",
+            "--socket s --disk path=/dev/null --seccomp maybe",
             "--socket s --disk path=/nonexistent/img",
             "--frob",
         ] {

@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 use blk_device::device::BlockDevice;
 use blk_device::metrics::DeviceMetrics;
 use blk_device::mode::ServeOptions;
+use blk_device::threads::{ThreadHook, ThreadRole};
+use vmm::seccomp::{SeccompMode, ThreadKind};
 
 use crate::backend::VhostUserBlk;
 use crate::cli::{CliError, Options};
@@ -45,6 +47,7 @@ fn run(opts: Options) -> Result<(), String> {
         serve.poll_us = us;
     }
     serve.thread_name = "vublk".into();
+    serve.hook = confine(opts.seccomp);
     let name = opts.disk.path.display().to_string();
     let device = BlockDevice::open(&opts.disk, serve, Arc::new(DeviceMetrics::new(&name)))
         .map_err(|e| e.to_string())?;
@@ -61,7 +64,32 @@ fn run(opts: Options) -> Result<(), String> {
     let backend = backend.lock().unwrap_or_else(|p| p.into_inner());
     // `serve` returned with every ring stopped after its in-flight requests.
     backend.device().sync().map_err(|e| format!("sync: {e}"))?;
+    if let Some(path) = &opts.metrics {
+        std::fs::write(path, backend.device().metrics().to_json())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
     served.map_err(|e| e.to_string())?;
     eprintln!("vhost-user-blk: stopped");
     Ok(())
+}
+
+/// Confines every ring and worker thread to the VMM's allowlist for the same role: they run
+/// the same device-model code (epoll on kicks, disk I/O, eventfd writes). The thread that
+/// talks to the front end (accept, recvmsg with descriptors, mmap of its memory) is not
+/// filtered.
+fn confine(mode: SeccompMode) -> ThreadHook {
+    ThreadHook::new(move |role| {
+        let Some(violation) = mode.violation() else {
+            return;
+        };
+        let kind = match role {
+            ThreadRole::Queue => ThreadKind::Device,
+            ThreadRole::Worker => ThreadKind::Worker,
+        };
+        if let Err(e) = vmm::seccomp::apply(kind, violation) {
+            // An unconfined ring thread would serve a hostile guest without its filter.
+            eprintln!("vhost-user-blk: {e}");
+            std::process::abort();
+        }
+    })
 }

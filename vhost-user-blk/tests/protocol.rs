@@ -44,6 +44,8 @@ impl Server {
                 "path={},queues={queues},serial=proto",
                 img.display()
             ))
+            .arg("--metrics")
+            .arg(dir.path().join("metrics.json"))
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
@@ -63,18 +65,21 @@ impl Server {
         self.socket.with_file_name("disk.img")
     }
 
-    /// SIGTERM and the exit status.
-    fn terminate(mut self) -> std::process::ExitStatus {
+    /// SIGTERM; whether it exited 0, and the counters it wrote (read before the temporary
+    /// directory goes with `self`).
+    fn terminate(mut self) -> (bool, String) {
         // SAFETY: kill(2) on our own unreaped child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let status = loop {
             if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
+                break s;
             }
             assert!(Instant::now() < deadline, "no exit after SIGTERM");
             std::thread::sleep(Duration::from_millis(10));
-        }
+        };
+        let metrics = std::fs::read_to_string(self.socket.with_file_name("metrics.json"));
+        (status.success(), metrics.unwrap_or_default())
     }
 
     fn alive(&mut self) -> bool {
@@ -183,24 +188,14 @@ fn start_ring(fe: &mut Frontend, mem: &Memory, q: usize, base: u64) -> Result<Ri
     let addrs = ring_addrs(base);
     let driver = DriverQueue::new(&mem.mem, QSIZE, addrs, true).unwrap();
     let call = EventFd::new(EFD_NONBLOCK).unwrap();
-    let kick = EventFd::new(EFD_NONBLOCK).unwrap();
-    fe.set_vring_num(q, QSIZE)?;
-    fe.set_vring_addr(
-        q,
-        &VringConfigData {
-            queue_max_size: QSIZE,
-            queue_size: QSIZE,
-            flags: 0,
-            desc_table_addr: USER_BASE + addrs.desc_table,
-            used_ring_addr: USER_BASE + addrs.used_ring,
-            avail_ring_addr: USER_BASE + addrs.avail_ring,
-            log_addr: None,
-        },
-    )?;
-    fe.set_vring_base(q, 0)?;
     fe.set_vring_call(q, &call)?;
-    fe.set_vring_kick(q, &kick)?;
-    fe.set_vring_enable(q, true)?;
+    let kick = start_raw_ring(
+        fe,
+        q,
+        USER_BASE + addrs.desc_table,
+        USER_BASE + addrs.avail_ring,
+        USER_BASE + addrs.used_ring,
+    )?;
     Ok(Ring { driver, call, kick })
 }
 
@@ -317,7 +312,10 @@ fn io_on_two_queues_then_stop_restart_and_reconnect() {
     let mut r0 = start_ring(&mut fe, &mem, 0, 0x4000).unwrap();
     io_roundtrip(&mem, &mut r0, 32);
     drop(fe);
-    assert!(server.terminate().success(), "SIGTERM must exit 0");
+    let (ok, metrics) = server.terminate();
+    assert!(ok, "SIGTERM must exit 0");
+    // 3 requests per round trip, 4 round trips.
+    assert!(metrics.contains("\"requests\":12,"), "{metrics}");
 }
 
 #[test]
@@ -342,6 +340,11 @@ fn disconnect_with_a_request_in_flight() {
     let mut r = start_ring(&mut fe, &mem, 0, 0x2000).unwrap();
     io_roundtrip(&mem, &mut r, 0);
     assert!(server.alive());
+    // SIGTERM with the front end connected and its ring running: exit 0. (Whether a request
+    // made available just before is served first is a race: only popped requests are in
+    // flight, and those are waited for.)
+    assert!(server.terminate().0, "SIGTERM must exit 0");
+    drop(fe);
 }
 
 /// Bytes of a message header: request code, flags (version 1), payload size.
@@ -444,14 +447,14 @@ fn region_tables_with_overlaps_are_refused_holes_are_served() {
 }
 
 /// Sets up ring `q` with the front end's addresses `desc`, `avail`, `used` as given and
-/// starts it.
+/// starts it; returns its kick eventfd.
 fn start_raw_ring(
     fe: &mut Frontend,
     q: usize,
     desc: u64,
     avail: u64,
     used: u64,
-) -> Result<(), vhost::Error> {
+) -> Result<EventFd, vhost::Error> {
     let kick = EventFd::new(EFD_NONBLOCK).unwrap();
     fe.set_vring_num(q, QSIZE)?;
     fe.set_vring_addr(
@@ -468,7 +471,8 @@ fn start_raw_ring(
     )?;
     fe.set_vring_base(q, 0)?;
     fe.set_vring_kick(q, &kick)?;
-    fe.set_vring_enable(q, true)
+    fe.set_vring_enable(q, true)?;
+    Ok(kick)
 }
 
 #[test]
@@ -520,6 +524,21 @@ fn rings_outside_memory_are_refused() {
         fe.set_vring_num(1, QSIZE).is_err(),
         "vring 1 of a 1-queue device accepted"
     );
+    drop(fe);
+    // A call "eventfd" that is a pipe nobody reads: a notification could block on it.
+    let mut pipe = [0i32; 2];
+    // SAFETY: pipe(2) fills the two-element array.
+    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+    // SAFETY: the pipe's write end is ours alone; the EventFd owns and closes it.
+    let not_an_eventfd = unsafe { EventFd::from_raw_fd(pipe[1]) };
+    // SAFETY: the read end is ours alone; the File owns and closes it.
+    let _read_end = unsafe { File::from_raw_fd(pipe[0]) };
+    let fe = connect(&server.socket, 1);
+    assert!(
+        fe.set_vring_call(0, &not_an_eventfd).is_err(),
+        "a pipe accepted as call fd"
+    );
+    assert_disconnected(&fe);
     drop(fe);
     let mut fe = connect(&server.socket, 1);
     fe.set_mem_table(&mem.table()).unwrap();

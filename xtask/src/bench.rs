@@ -452,12 +452,17 @@ fn run_qemu(qemu: &Path, setup: &Setup, image: &Path, case: &Case) -> Result<Sum
     let cache = if case.shm { "writeback" } else { "none" };
     let cmdline = case.guest_cmdline(setup.secs);
     let cmd = qemu_command(qemu, &setup.guest, &cmdline, image, cache, "bench");
-    let out = run_guest(
+    qemu_summary(run_guest_counting(
         cmd,
         Peer::Qemu,
         Duration::from_secs(u64::from(setup.secs) + 60),
         false,
-    )?;
+        &[],
+    )?)
+}
+
+/// The summary of a QEMU run that exited cleanly.
+fn qemu_summary(out: RunOutput) -> Result<Summary, String> {
     if out.guest_code != Some(0) {
         return Err(format!(
             "QEMU run ended with {:?}:\n{}",
@@ -503,16 +508,9 @@ fn run_qemu_vhost(
         Duration::from_secs(u64::from(setup.secs) + 60),
         false,
         &[server.pid()],
-    )?;
+    );
     drop(server);
-    if out.guest_code != Some(0) {
-        return Err(format!(
-            "QEMU (vhost-user) run ended with {:?}:\n{}",
-            out.guest_code,
-            tail(&out.stdout, 10)
-        ));
-    }
-    guest_summary(&out)
+    qemu_summary(out?)
 }
 
 fn run_point(setup: &Setup, system: &str, case: &Case) -> Result<Summary, String> {
@@ -1037,7 +1035,11 @@ mod tests {
     fn systems_are_data_driven() {
         let names = system_names();
         assert_eq!(names.first(), Some(&BARE_METAL_FIO));
-        assert_eq!(names.last(), Some(&QEMU));
+        assert_eq!(
+            names[names.len() - 3..],
+            [QEMU, QEMU_VHOST_USER, QEMU_VHOST_QSD]
+        );
+        assert!(is_qemu(QEMU_VHOST_QSD) && !is_qemu("vmm-default"));
         let default = VMM_SYSTEMS
             .iter()
             .find(|v| v.name == "vmm-default")

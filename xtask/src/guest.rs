@@ -52,13 +52,18 @@ pub fn build_guest(root: &Path) -> Result<PathBuf, String> {
 
 /// Builds the VMM (release) and returns the path of its binary.
 pub fn build_vmm(root: &Path) -> Result<PathBuf, String> {
+    build_release(root, "vmm")
+}
+
+/// Builds the binary of workspace package `package` (release) and returns its path.
+pub fn build_release(root: &Path, package: &str) -> Result<PathBuf, String> {
     let status = Command::new(cargo())
         .current_dir(root)
-        .args(["build", "--release", "-p", "vmm"])
+        .args(["build", "--release", "-p", package])
         .status()
-        .map_err(|e| format!("cannot run cargo to build the VMM: {e}"))?;
+        .map_err(|e| format!("cannot run cargo to build {package}: {e}"))?;
     if !status.success() {
-        return Err(format!("building the VMM failed ({status})"));
+        return Err(format!("building {package} failed ({status})"));
     }
-    Ok(target_dir(root).join("release").join("vmm"))
+    Ok(target_dir(root).join("release").join(package))
 }

@@ -9,7 +9,7 @@ mod qos;
 mod soak;
 
 use xtask::bench;
-use xtask::guest::{build_guest, build_vmm};
+use xtask::guest::{build_guest, build_release, build_vmm};
 use xtask::nbd_server::{NbdServer, NbdServerKind};
 use xtask::report::GuestReport;
 use xtask::runner::{ensure_image, qemu_binary, qemu_command, run_guest, Peer, RunOutput};
@@ -284,7 +284,7 @@ fn crosscheck_vhost_user(
     qemu: &Path,
     guest: &Path,
 ) -> Result<bool, String> {
-    let backend = vhost_user::build_backend(root)?;
+    let backend = build_release(root, "vhost-user-blk")?;
     let disk = root.join("target/xtask/disk.img");
     ensure_image(&disk, DISK_SIZE)?;
     let socket = root.join("target/xtask/vhost-user-blk.sock");
@@ -361,7 +361,7 @@ fn cmd_bench(opts: &Options) -> Result<bool, String> {
         },
         qemu: qemu_binary().ok(),
         vhost_user_blk: if systems.contains(&bench::QEMU_VHOST_USER) {
-            Some(vhost_user::build_backend(&root)?)
+            Some(build_release(&root, "vhost-user-blk")?)
         } else {
             None
         },

@@ -1,26 +1,12 @@
 //! QEMU as the front end of our vhost-user-blk back end: the back end's process (killed when
 //! dropped, so every exit path of a run ends it) and QEMU's command line for it.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::guest::target_dir;
 use crate::runner::{qemu_machine, QEMU_MEMORY_MIB};
-
-/// Builds the back end (release) and returns its path.
-pub fn build_backend(root: &Path) -> Result<PathBuf, String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(root)
-        .args(["build", "--release", "-p", "vhost-user-blk"])
-        .status()
-        .map_err(|e| format!("cannot run cargo to build vhost-user-blk: {e}"))?;
-    if !status.success() {
-        return Err(format!("building vhost-user-blk failed ({status})"));
-    }
-    Ok(target_dir(root).join("release").join("vhost-user-blk"))
-}
 
 /// A running back end; dropping it ends the process (SIGTERM, then SIGKILL after a grace
 /// period) and removes its socket.
@@ -43,6 +29,18 @@ impl Backend {
     pub fn spawn(mut cmd: Command, socket: &Path) -> Result<Self, String> {
         let _ = std::fs::remove_file(socket);
         let program = format!("{:?}", cmd.get_program());
+        // SAFETY: the closure runs in the child between fork and exec and only calls
+        // prctl(2), which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                // Killed with xtask too (Ctrl-C, a panic that aborts), where `Drop` never runs;
+                // SIGTERM, so it still drains and syncs.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
