@@ -190,11 +190,12 @@ impl Worker {
                     self.lose(why);
                 }
             } else {
-                let now = Instant::now();
-                if now >= self.next_attempt {
+                // Expire first: a request that outlived its deadline is not sent again, even
+                // if the server is back (it may be the server that keeps failing it).
+                self.expire(Instant::now());
+                if Instant::now() >= self.next_attempt {
                     self.reconnect();
                 }
-                self.expire(Instant::now());
             }
             self.sleep();
         }
@@ -362,15 +363,20 @@ impl Worker {
                     }
                     let mut h = [0u8; SIMPLE_REPLY_LEN];
                     h.copy_from_slice(&self.buf[self.start..self.start + SIMPLE_REPLY_LEN]);
-                    let reply = SimpleReply::decode(&h)
-                        .ok_or_else(|| "bad reply magic (a broken or hostile server)".to_string())?;
+                    let violation = |why: String| {
+                        Counters::add(&self.counters.protocol_violations, 1);
+                        why
+                    };
+                    let reply = SimpleReply::decode(&h).ok_or_else(|| {
+                        violation("bad reply magic (a broken or hostile server)".into())
+                    })?;
                     let p = match self.table.get(&reply.cookie) {
                         Some(p) if p.sent => p,
                         _ => {
-                            return Err(format!(
+                            return Err(violation(format!(
                                 "reply for cookie {:#x}, which is not in flight",
                                 reply.cookie
-                            ))
+                            )))
                         }
                     };
                     self.start += SIMPLE_REPLY_LEN;

@@ -47,7 +47,8 @@ commands:
   trace [--io-mode vcpu|iothread|dataplane|workers] [--workload randread-4k-qd1]
         a short traced run per io mode (vmm --trace, guest trace=1): per-stage latency
         table, target/trace/<mode>.json (Perfetto / chrome://tracing), target/trace/timeline.svg
-  test  the project's test suite: fmt, cargo test --workspace, clippy, doc, run, crosscheck,
+  test  the project's test suite: fmt, cargo test --workspace, clippy, doc, run (file, nbd,
+        nbdkit), crosscheck,
         bench --quick (VMM modes), crash points (and noflush ones that must lose data), a
         2-minute soak"
 }
@@ -375,6 +376,14 @@ fn cmd_test() -> Result<bool, String> {
     )?;
     // The main job, as a user runs it.
     let mut ok = cmd_run(&Options::default())?;
+    // The same suite over the network backend, against two NBD servers nobody here wrote.
+    for backend in ["nbd", "nbdkit"] {
+        ok &= cmd_run(&Options {
+            backend: backend.into(),
+            secs: 1,
+            ..Options::default()
+        })?;
+    }
     for completion in ["poll", "irq"] {
         ok &= cmd_crosscheck(&Options {
             completion: completion.into(),
