@@ -98,8 +98,9 @@ fn serve(mut s: UnixStream, how: Misbehaviour, connection: usize) -> std::io::Re
                 reply.extend(std::iter::repeat_n(0xab, data_len));
             }
             Misbehaviour::UnknownCookie => {
+                // Only the header: no later bytes may give the client another reason to
+                // drop the connection.
                 reply[8..16].copy_from_slice(&(req.cookie ^ 0xdead_0000).to_be_bytes());
-                reply.extend(std::iter::repeat_n(0xab, data_len));
             }
             Misbehaviour::LongerThanAsked => {
                 reply.extend(std::iter::repeat_n(0xab, data_len * 2));
