@@ -11,7 +11,7 @@ use crate::connection::{Shared, Sink, Worker};
 use crate::engine::NbdEngine;
 use crate::eventfd::EventFd;
 use crate::handshake::{connect, ExportInfo};
-use crate::stats::{Counters, NbdStats};
+use crate::stats::{Counters, NbdStats, NbdStatsHandle};
 use crate::uri::NbdUri;
 use crate::NbdError;
 
@@ -165,6 +165,11 @@ impl NbdExport {
     /// The counters of all connections so far.
     pub fn stats(&self) -> NbdStats {
         self.counters.snapshot()
+    }
+
+    /// A handle reading the same counters later, from anywhere.
+    pub fn stats_handle(&self) -> NbdStatsHandle {
+        NbdStatsHandle(self.counters.clone())
     }
 }
 

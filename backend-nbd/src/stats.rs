@@ -50,3 +50,31 @@ impl Counters {
         }
     }
 }
+
+/// A live view of an export's counters that outlives borrowing the export (for a metrics
+/// writer on another thread).
+#[derive(Clone, Debug)]
+pub struct NbdStatsHandle(pub(crate) std::sync::Arc<Counters>);
+
+impl NbdStatsHandle {
+    /// The counters now.
+    pub fn snapshot(&self) -> NbdStats {
+        self.0.snapshot()
+    }
+}
+
+impl NbdStats {
+    /// The counters as one JSON object.
+    pub fn to_json(&self) -> String {
+        format!(
+            "{{\"disconnects\":{},\"reconnects\":{},\"retried_requests\":{},\
+             \"timed_out_requests\":{},\"error_replies\":{},\"protocol_violations\":{}}}",
+            self.disconnects,
+            self.reconnects,
+            self.retried_requests,
+            self.timed_out_requests,
+            self.error_replies,
+            self.protocol_violations
+        )
+    }
+}

@@ -76,6 +76,9 @@ impl BlockDevice {
         let disk = OpenDisk::open(cfg)?;
         let offered = offered_features(&disk, cfg);
         let config = device_config(&disk, cfg, offered);
+        if let Some(nbd) = disk.nbd_stats() {
+            metrics.set_nbd(nbd);
+        }
         Ok(BlockDevice {
             failures: Arc::new(FailureLog::new(&cfg.path)),
             disk,

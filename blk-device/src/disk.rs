@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use backend_nbd::{NbdExport, NbdOptions, NbdStats};
+use backend_nbd::{NbdExport, NbdOptions, NbdStatsHandle};
 use backend_raw::{
     with_faults, Disk, DiskOptions, Engine, EngineKind, FaultSpec, IoOp, LogEngine, WriteLog,
 };
@@ -105,9 +105,9 @@ impl OpenDisk {
     }
 
     /// The NBD export's counters (`None` for a file).
-    pub fn nbd_stats(&self) -> Option<NbdStats> {
+    pub fn nbd_stats(&self) -> Option<NbdStatsHandle> {
         match &self.backend {
-            Backend::Nbd(e) => Some(e.stats()),
+            Backend::Nbd(e) => Some(e.stats_handle()),
             Backend::File(_) => None,
         }
     }

@@ -5,6 +5,7 @@ use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 mod crash;
+mod nbd_soak;
 mod soak;
 
 use xtask::bench;
@@ -40,6 +41,9 @@ commands:
   soak --minutes N [--queues Q] [--io-mode M] [--completion poll|irq] [--seed S]
         mixed verified I/O at QD 64 over Q queues (default 2) for N minutes (fractions
         allowed); fails on any mismatch or failed request
+  nbd-soak [--backend nbd|nbdkit]
+        the verified soak over NBD with the server killed and restarted within the
+        reconnect timeout: no error, no mismatch, a reconnection in the metrics
   crash --runs N [--fault noflush] [--seed S]
         crash points rebuilt from the disk's write log as a volatile write cache may leave
         them; every block the guest saw flushed must survive (with --fault noflush, losses
@@ -415,6 +419,7 @@ fn cmd_test() -> Result<bool, String> {
         println!("== crash --fault noflush: FAILED, the check lost nothing with FLUSH lying");
     }
     ok &= !lying;
+    ok &= nbd_soak::run(&root, &vmm, NbdServerKind::Qsd)?;
     // Two minutes of verified mixed I/O across both queues.
     ok &= soak::run(&root, &vmm, &soak::parse(&strings(&["--minutes", "2"]))?)?;
     Ok(ok)
@@ -466,6 +471,14 @@ fn main() -> ExitCode {
     let result = match command.as_str() {
         "run" => cmd_run(&opts),
         "crosscheck" => cmd_crosscheck(&opts),
+        "nbd-soak" => NbdServerKind::from_backend(match opts.backend.as_str() {
+            "file" => "nbd",
+            b => b,
+        })
+            .ok_or_else(|| "nbd-soak needs --backend nbd or nbdkit".to_string())
+            .and_then(|kind| {
+                build_vmm(&root()).and_then(|vmm| nbd_soak::run(&root(), &vmm, kind))
+            }),
         "test" => cmd_test(),
         "bench" => cmd_bench(&opts),
         "trace" => trace::cmd(&root(), opts.io_mode.as_deref(), opts.workload.as_deref()),

@@ -80,7 +80,9 @@ impl NbdServer {
             kind,
         };
         let t = Instant::now();
-        while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        // The socket appears once the server listens; a probing connection would make it
+        // log a broken pipe.
+        while !socket.exists() {
             if let Ok(Some(status)) = server.child.try_wait() {
                 return Err(format!("{} exited at start: {status}", kind.program()));
             }
