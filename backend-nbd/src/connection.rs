@@ -106,7 +106,10 @@ impl Pending {
 enum Rx {
     Header,
     /// Copying a read's data into its buffers; `skip` discards it instead.
-    Payload { cookie: u64, got: usize },
+    Payload {
+        cookie: u64,
+        got: usize,
+    },
 }
 
 struct Live {
@@ -295,8 +298,14 @@ impl Worker {
             }
             let mut n = sent as usize;
             while n > 0 {
-                let head = *self.send.front().expect("sent bytes belong to queued requests");
-                let p = self.table.get_mut(&head).expect("queued requests are in the table");
+                let head = *self
+                    .send
+                    .front()
+                    .expect("sent bytes belong to queued requests");
+                let p = self
+                    .table
+                    .get_mut(&head)
+                    .expect("queued requests are in the table");
                 let left = p.wire_len() - live.tx_pos;
                 if n >= left {
                     n -= left;
@@ -479,10 +488,12 @@ impl Worker {
                         what: "it became read-only".into(),
                     });
                 }
-                stream.into_nonblocking_fd().map_err(|source| crate::NbdError::Io {
-                    target: self.uri.to_string(),
-                    source,
-                })
+                stream
+                    .into_nonblocking_fd()
+                    .map_err(|source| crate::NbdError::Io {
+                        target: self.uri.to_string(),
+                        source,
+                    })
             },
         );
         match attempt {
@@ -635,9 +646,7 @@ unsafe fn scatter(iov: &[libc::iovec], mut at: usize, mut src: &[u8]) {
         let n = (v.iov_len - at).min(src.len());
         // SAFETY: `at + n <= iov_len`, inside the buffer the caller vouches for; `src` is
         // our own receive buffer, which cannot overlap lent memory.
-        unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr(), v.iov_base.cast::<u8>().add(at), n)
-        };
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), v.iov_base.cast::<u8>().add(at), n) };
         src = &src[n..];
         at = 0;
     }

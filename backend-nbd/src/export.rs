@@ -100,10 +100,12 @@ impl NbdExport {
         stream: crate::handshake::Stream,
         timeout: Duration,
     ) -> Result<(), NbdError> {
-        let fd = stream.into_nonblocking_fd().map_err(|source| NbdError::Io {
-            target: self.uri.to_string(),
-            source,
-        })?;
+        let fd = stream
+            .into_nonblocking_fd()
+            .map_err(|source| NbdError::Io {
+                target: self.uri.to_string(),
+                source,
+            })?;
         let shared = Arc::new(Shared {
             queue: Mutex::new(Vec::new()),
             wake: EventFd::new().map_err(NbdError::EventFd)?,

@@ -144,9 +144,12 @@ impl Hostile {
     }
 
     fn uri(&self) -> NbdUri {
-        format!("nbd+unix:///?socket={}", self.dir.path().join("s").display())
-            .parse()
-            .unwrap()
+        format!(
+            "nbd+unix:///?socket={}",
+            self.dir.path().join("s").display()
+        )
+        .parse()
+        .unwrap()
     }
 }
 
@@ -181,13 +184,22 @@ fn read_guarded(how: Misbehaviour) -> (Result<u32, i32>, Duration, NbdStats) {
     e.flush_submissions().unwrap();
     let mut done: Vec<Completion> = Vec::new();
     while done.is_empty() {
-        assert!(t.elapsed() < Duration::from_secs(10), "{how:?}: the request hangs");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{how:?}: the request hangs"
+        );
         e.wait().unwrap();
         e.reap(&mut done);
     }
     let took = t.elapsed();
-    assert!(mem[..512].iter().all(|b| *b == 0x11), "{how:?}: wrote before the buffer");
-    assert!(mem[1024..].iter().all(|b| *b == 0x11), "{how:?}: wrote after the buffer");
+    assert!(
+        mem[..512].iter().all(|b| *b == 0x11),
+        "{how:?}: wrote before the buffer"
+    );
+    assert!(
+        mem[1024..].iter().all(|b| *b == 0x11),
+        "{how:?}: wrote after the buffer"
+    );
     drop(e);
     // The violation after a completed reply is seen a moment later.
     let t = Instant::now();
@@ -210,14 +222,20 @@ fn a_sound_server_is_the_control() {
 fn bad_magic_drops_the_connection_and_fails_the_request() {
     let (r, took, s) = read_guarded(Misbehaviour::BadMagic);
     assert_eq!(r, Err(libc::EIO));
-    assert!(s.protocol_violations >= 1 && took < Duration::from_secs(3), "{s:?} {took:?}");
+    assert!(
+        s.protocol_violations >= 1 && took < Duration::from_secs(3),
+        "{s:?} {took:?}"
+    );
 }
 
 #[test]
 fn a_reply_for_a_cookie_not_in_flight_drops_the_connection() {
     let (r, took, s) = read_guarded(Misbehaviour::UnknownCookie);
     assert_eq!(r, Err(libc::EIO));
-    assert!(s.protocol_violations >= 1 && took < Duration::from_secs(3), "{s:?} {took:?}");
+    assert!(
+        s.protocol_violations >= 1 && took < Duration::from_secs(3),
+        "{s:?} {took:?}"
+    );
 }
 
 #[test]
@@ -225,7 +243,10 @@ fn a_reply_longer_than_asked_writes_nothing_beyond_the_buffer() {
     // The first 512 bytes answer the read; the rest parses as a reply with a bad magic.
     let (r, _, s) = read_guarded(Misbehaviour::LongerThanAsked);
     assert_eq!(r, Ok(512));
-    assert!(s.protocol_violations >= 1, "the extra bytes were not seen as a violation");
+    assert!(
+        s.protocol_violations >= 1,
+        "the extra bytes were not seen as a violation"
+    );
 }
 
 #[test]
@@ -233,7 +254,10 @@ fn a_stalled_server_is_dropped_and_the_request_fails_in_bounded_time() {
     let (r, took, s) = read_guarded(Misbehaviour::Stall);
     assert_eq!(r, Err(libc::EIO));
     // One timeout to notice the stall, one more for the retried request.
-    assert!(s.disconnects >= 1 && took < Duration::from_secs(3), "{s:?} {took:?}");
+    assert!(
+        s.disconnects >= 1 && took < Duration::from_secs(3),
+        "{s:?} {took:?}"
+    );
     assert_eq!(s.protocol_violations, 0);
 }
 

@@ -163,13 +163,12 @@ impl OpenDisk {
         depth: usize,
     ) -> Result<(Box<dyn Engine>, Option<backend_raw::Error>), DeviceError> {
         match &self.backend {
-            Backend::File(d) => {
-                d.engine_or_sync(kind, depth)
-                    .map_err(|source| DeviceError::Disk {
-                        path: self.path.clone(),
-                        source,
-                    })
-            }
+            Backend::File(d) => d
+                .engine_or_sync(kind, depth)
+                .map_err(|source| DeviceError::Disk {
+                    path: self.path.clone(),
+                    source,
+                }),
             Backend::Nbd(e) => e
                 .engine(depth, kind == EngineKind::Sync)
                 .map(|engine| (engine, None))

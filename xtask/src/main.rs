@@ -475,10 +475,8 @@ fn main() -> ExitCode {
             "file" => "nbd",
             b => b,
         })
-            .ok_or_else(|| "nbd-soak needs --backend nbd or nbdkit".to_string())
-            .and_then(|kind| {
-                build_vmm(&root()).and_then(|vmm| nbd_soak::run(&root(), &vmm, kind))
-            }),
+        .ok_or_else(|| "nbd-soak needs --backend nbd or nbdkit".to_string())
+        .and_then(|kind| build_vmm(&root()).and_then(|vmm| nbd_soak::run(&root(), &vmm, kind))),
         "test" => cmd_test(),
         "bench" => cmd_bench(&opts),
         "trace" => trace::cmd(&root(), opts.io_mode.as_deref(), opts.workload.as_deref()),

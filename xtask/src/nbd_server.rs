@@ -58,12 +58,11 @@ impl NbdServer {
                     "driver=file,node-name=f,filename={},cache.direct=on",
                     image.display()
                 ));
-                cmd.arg("--nbd-server").arg(format!(
-                    "addr.type=unix,addr.path={}",
-                    socket.display()
+                cmd.arg("--nbd-server")
+                    .arg(format!("addr.type=unix,addr.path={}", socket.display()));
+                cmd.arg("--export").arg(format!(
+                    "type=nbd,id=e,node-name=f,name={export},writable=on"
                 ));
-                cmd.arg("--export")
-                    .arg(format!("type=nbd,id=e,node-name=f,name={export},writable=on"));
             }
             NbdServerKind::Nbdkit => {
                 cmd.arg("-U").arg(socket).args(["-f", "-e", export, "file"]);
@@ -87,7 +86,11 @@ impl NbdServer {
                 return Err(format!("{} exited at start: {status}", kind.program()));
             }
             if t.elapsed() > Duration::from_secs(20) {
-                return Err(format!("{} did not listen on {}", kind.program(), socket.display()));
+                return Err(format!(
+                    "{} did not listen on {}",
+                    kind.program(),
+                    socket.display()
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -54,17 +54,24 @@ pub fn run(root: &Path, vmm: &Path, kind: NbdServerKind) -> Result<bool, String>
         "--cmdline",
         &format!("tests=none soak={SOAK_SECS} completion=poll"),
     ]);
-    cmd.arg("--disk")
-        .arg(format!("uri={uri},reconnect-timeout={RECONNECT_TIMEOUT_SECS}"));
+    cmd.arg("--disk").arg(format!(
+        "uri={uri},reconnect-timeout={RECONNECT_TIMEOUT_SECS}"
+    ));
     cmd.arg("--metrics").arg(&metrics);
-    println!("== nbd-soak: {SOAK_SECS} s over {}, server killed after {OUTAGE_AT:?} for {OUTAGE:?}", kind.program());
+    println!(
+        "== nbd-soak: {SOAK_SECS} s over {}, server killed after {OUTAGE_AT:?} for {OUTAGE:?}",
+        kind.program()
+    );
     let out = run_guest(cmd, Peer::Vmm, Duration::from_secs(180), true);
     drop(done_tx);
     let restarted = chaos.join().map_err(|_| "the restart thread panicked")?;
     let out = out?;
     restarted?;
     let Some(c) = parse_soak_line(&out.stdout) else {
-        println!("== nbd-soak: FAILED, no SOAK line (guest exit code {:?})", out.guest_code);
+        println!(
+            "== nbd-soak: FAILED, no SOAK line (guest exit code {:?})",
+            out.guest_code
+        );
         return Ok(false);
     };
     let get = |k: &str| c.get(k).copied().unwrap_or(0);

@@ -28,7 +28,9 @@ impl Server {
             .args(args)
             .stdin(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run nbdkit ({e}): install it (apt-get install nbdkit)"));
+            .unwrap_or_else(|e| {
+                panic!("cannot run nbdkit ({e}): install it (apt-get install nbdkit)")
+            });
         let mut s = Server {
             child,
             socket: socket.to_path_buf(),
@@ -43,7 +45,10 @@ impl Server {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("the server exited early: {status}");
             }
-            assert!(t.elapsed() < Duration::from_secs(10), "server socket never appeared");
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "server socket never appeared"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }

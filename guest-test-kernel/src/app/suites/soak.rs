@@ -21,8 +21,8 @@ use crate::app::check::pipeline::cut;
 use crate::app::check::report::{fail, Why};
 use crate::app::driver::blk::{Blk, BlkError, Done, Request, MAX_SEGS};
 use crate::app::driver::dma;
-use virtqueue_core::DriverError;
 use crate::arch::tsc::{hz, rdtsc};
+use virtqueue_core::DriverError;
 
 /// Requests in flight (spread over the queues).
 const QD: usize = 64;
