@@ -43,20 +43,34 @@ pub struct NbdServer {
 
 impl NbdServer {
     /// Serves `image` (read-write) on the Unix socket `socket`, export name `export`, and
-    /// waits until it accepts connections.
+    /// waits until it accepts connections. qemu-storage-daemon opens the image with
+    /// `O_DIRECT`.
     pub fn start(
         kind: NbdServerKind,
         image: &Path,
         socket: &Path,
         export: &str,
     ) -> Result<NbdServer, String> {
+        Self::start_with(kind, image, socket, export, true)
+    }
+
+    /// [`start`](Self::start), with `direct=false` for images on filesystems that refuse
+    /// `O_DIRECT` (tmpfs).
+    pub fn start_with(
+        kind: NbdServerKind,
+        image: &Path,
+        socket: &Path,
+        export: &str,
+        direct: bool,
+    ) -> Result<NbdServer, String> {
         let _ = std::fs::remove_file(socket);
         let mut cmd = Command::new(kind.program());
         match kind {
             NbdServerKind::Qsd => {
                 cmd.arg("--blockdev").arg(format!(
-                    "driver=file,node-name=f,filename={},cache.direct=on",
-                    image.display()
+                    "driver=file,node-name=f,filename={},cache.direct={}",
+                    image.display(),
+                    if direct { "on" } else { "off" }
                 ));
                 cmd.arg("--nbd-server")
                     .arg(format!("addr.type=unix,addr.path={}", socket.display()));
