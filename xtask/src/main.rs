@@ -43,9 +43,10 @@ commands:
   soak --minutes N [--queues Q] [--io-mode M] [--completion poll|irq] [--seed S]
         mixed verified I/O at QD 64 over Q queues (default 2) for N minutes (fractions
         allowed); fails on any mismatch or failed request
-  nbd-soak [--backend nbd|nbdkit]
+  nbd-soak [--backend nbd|nbdkit] [--long-outage]
         the verified soak over NBD with the server killed and restarted within the
-        reconnect timeout: no error, no mismatch, a reconnection in the metrics
+        reconnect timeout: no error, no mismatch, a reconnection in the metrics;
+        --long-outage: back after the timeout, IOERR for the outage, then service again
   crash --runs N [--fault noflush] [--seed S]
         crash points rebuilt from the disk's write log as a volatile write cache may leave
         them; every block the guest saw flushed must survive (with --fault noflush, losses
@@ -67,6 +68,7 @@ struct Options {
     systems: Option<Vec<String>>,
     workload: Option<String>,
     backend: String,
+    long_outage: bool,
 }
 
 impl Default for Options {
@@ -79,6 +81,7 @@ impl Default for Options {
             systems: None,
             workload: None,
             backend: "file".into(),
+            long_outage: false,
         }
     }
 }
@@ -111,6 +114,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
             "--quick" => opts.quick = true,
             "--workload" => opts.workload = Some(value()?),
             "--backend" => opts.backend = value()?,
+            "--long-outage" => opts.long_outage = true,
             "--systems" => opts.systems = Some(value()?.split(',').map(str::to_string).collect()),
             other => return Err(format!("unknown option {other}\n\n{}", usage())),
         }
@@ -421,7 +425,8 @@ fn cmd_test() -> Result<bool, String> {
         println!("== crash --fault noflush: FAILED, the check lost nothing with FLUSH lying");
     }
     ok &= !lying;
-    ok &= nbd_soak::run(&root, &vmm, NbdServerKind::Qsd)?;
+    ok &= nbd_soak::run(&root, &vmm, NbdServerKind::Qsd, false)?;
+    ok &= nbd_soak::run(&root, &vmm, NbdServerKind::Nbdkit, true)?;
     // Two minutes of verified mixed I/O across both queues.
     ok &= soak::run(&root, &vmm, &soak::parse(&strings(&["--minutes", "2"]))?)?;
     Ok(ok)
@@ -478,7 +483,9 @@ fn main() -> ExitCode {
             b => b,
         })
         .ok_or_else(|| "nbd-soak needs --backend nbd or nbdkit".to_string())
-        .and_then(|kind| build_vmm(&root()).and_then(|vmm| nbd_soak::run(&root(), &vmm, kind))),
+        .and_then(|kind| {
+            build_vmm(&root()).and_then(|vmm| nbd_soak::run(&root(), &vmm, kind, opts.long_outage))
+        }),
         "test" => cmd_test(),
         "bench" => cmd_bench(&opts),
         "trace" => trace::cmd(&root(), opts.io_mode.as_deref(), opts.workload.as_deref()),

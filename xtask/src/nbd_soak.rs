@@ -1,6 +1,8 @@
 //! `cargo xtask nbd-soak`: the guest's verified soak over NBD while the server is killed and
-//! restarted within the reconnect timeout: the guest must see no error and no mismatch, and
-//! the VMM's metrics must show the reconnection (so the check cannot pass without an outage).
+//! restarted. Back within the reconnect timeout: the guest must see no error and no mismatch,
+//! and the VMM's metrics must show the reconnection (so the check cannot pass without an
+//! outage). Back after it (`--long-outage`): the requests of the outage fail (IOERR), none
+//! mismatches, and the guest's I/O goes on once the server is back.
 
 use std::path::Path;
 use std::process::Command;
@@ -13,15 +15,19 @@ use xtask::runner::{ensure_image, run_guest, Peer};
 
 use crate::soak::parse_soak_line;
 
-/// Seconds of guest workload; the outage starts after `OUTAGE_AT` and lasts `OUTAGE`.
+/// Seconds of guest workload; the outage starts after `OUTAGE_AT` and lasts `OUTAGE` (or
+/// `LONG_OUTAGE`, past the reconnect timeout).
 const SOAK_SECS: u32 = 15;
-const OUTAGE_AT: Duration = Duration::from_secs(5);
+const OUTAGE_AT: Duration = Duration::from_secs(4);
 const OUTAGE: Duration = Duration::from_millis(1500);
+const LONG_OUTAGE: Duration = Duration::from_secs(6);
 /// The disk's reconnect timeout, well above the outage.
 const RECONNECT_TIMEOUT_SECS: u32 = 5;
 
-/// Runs the soak over `kind`'s server; `Ok(true)` when it passed.
-pub fn run(root: &Path, vmm: &Path, kind: NbdServerKind) -> Result<bool, String> {
+/// Runs the soak over `kind`'s server with a short outage (or a long one); `Ok(true)` when
+/// it passed.
+pub fn run(root: &Path, vmm: &Path, kind: NbdServerKind, long: bool) -> Result<bool, String> {
+    let outage = if long { LONG_OUTAGE } else { OUTAGE };
     let guest = build_guest(root)?;
     let disk = root.join("target/xtask/nbd-soak.img");
     ensure_image(&disk, 64 << 20)?;
@@ -39,7 +45,7 @@ pub fn run(root: &Path, vmm: &Path, kind: NbdServerKind) -> Result<bool, String>
             std::thread::sleep(OUTAGE_AT);
             println!("== nbd-soak: killing {}", kind.program());
             drop(server);
-            std::thread::sleep(OUTAGE);
+            std::thread::sleep(outage);
             let back = NbdServer::start(kind, &disk, &socket, "soak")?;
             println!("== nbd-soak: {} is back", kind.program());
             let _ = done_rx.recv();
@@ -59,7 +65,7 @@ pub fn run(root: &Path, vmm: &Path, kind: NbdServerKind) -> Result<bool, String>
     ));
     cmd.arg("--metrics").arg(&metrics);
     println!(
-        "== nbd-soak: {SOAK_SECS} s over {}, server killed after {OUTAGE_AT:?} for {OUTAGE:?}",
+        "== nbd-soak: {SOAK_SECS} s over {}, server killed after {OUTAGE_AT:?} for {outage:?}",
         kind.program()
     );
     let out = run_guest(cmd, Peer::Vmm, Duration::from_secs(180), true);
@@ -88,11 +94,31 @@ pub fn run(root: &Path, vmm: &Path, kind: NbdServerKind) -> Result<bool, String>
         get("mismatches"),
         get("errors")
     );
-    let ok = get("ops") > 0
-        && get("mismatches") == 0
-        && get("errors") == 0
-        && reconnects >= 1
-        && out.guest_code == Some(0);
+    let ok = if long {
+        // The guest's last progress line comes after the server is back (the outage ends
+        // 10 s into a 15 s soak); operations completed after it show service resumed.
+        let after = out
+            .stdout
+            .lines()
+            .filter(|l| l.contains("# soak t="))
+            .filter_map(|l| {
+                l.split("ops=")
+                    .nth(1)?
+                    .split(' ')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .collect::<Vec<_>>();
+        let resumed = after.len() >= 2 && get("ops") > after[after.len() - 1];
+        get("errors") > 0 && get("mismatches") == 0 && reconnects >= 1 && resumed
+    } else {
+        get("ops") > 0
+            && get("mismatches") == 0
+            && get("errors") == 0
+            && reconnects >= 1
+            && out.guest_code == Some(0)
+    };
     println!("== nbd-soak: {}", if ok { "OK" } else { "FAILED" });
     Ok(ok)
 }
