@@ -211,3 +211,58 @@ fn a_restarted_server_loses_nothing_and_a_late_one_gives_eio_then_service() {
     assert_eq!(back, data);
     assert!(export.stats().timed_out_requests >= 1);
 }
+
+#[test]
+fn tcp_works_and_multi_conn_servers_get_a_connection_per_queue() {
+    let (_srv, port) = Server::nbdkit_tcp(&["memory", "size=1M"]);
+    let uri: backend_nbd::NbdUri = format!("nbd://127.0.0.1:{port}/").parse().unwrap();
+    let export = backend_nbd::NbdExport::open(
+        &uri,
+        backend_nbd::NbdOptions {
+            reconnect_timeout: Duration::from_secs(5),
+            connections: 2,
+        },
+    )
+    .unwrap();
+    assert!(export.info().can_multi_conn());
+    assert_eq!(export.connections(), 2);
+    // A write through one connection is seen through the other.
+    let mut a = export.engine(4, false).unwrap();
+    let mut b = export.engine(4, false).unwrap();
+    let mut data = pattern(5, 4096);
+    assert_eq!(
+        run(&mut *a, IoOp::Write { offset: 8192 }, &mut data),
+        Ok(4096)
+    );
+    assert_eq!(run(&mut *a, IoOp::Flush, &mut []), Ok(0));
+    let mut back = vec![0u8; 4096];
+    assert_eq!(
+        run(&mut *b, IoOp::Read { offset: 8192 }, &mut back),
+        Ok(4096)
+    );
+    assert_eq!(back, data);
+}
+
+#[test]
+fn without_multi_conn_every_queue_shares_one_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::nbdkit(
+        &dir.path().join("s"),
+        &[
+            "--filter=multi-conn",
+            "memory",
+            "size=1M",
+            "multi-conn-mode=disable",
+        ],
+    );
+    let export = backend_nbd::NbdExport::open(
+        &srv.uri(),
+        backend_nbd::NbdOptions {
+            reconnect_timeout: Duration::from_secs(5),
+            connections: 4,
+        },
+    )
+    .unwrap();
+    assert!(!export.info().can_multi_conn());
+    assert_eq!(export.connections(), 1);
+}
