@@ -168,6 +168,7 @@ fn read_guarded(how: Misbehaviour) -> (Result<u32, i32>, Duration, NbdStats) {
         NbdOptions {
             reconnect_timeout: Duration::from_millis(300),
             connections: 1,
+            readonly: false,
         },
     )
     .expect("the handshake itself is sound");

@@ -221,6 +221,7 @@ fn tcp_works_and_multi_conn_servers_get_a_connection_per_queue() {
         backend_nbd::NbdOptions {
             reconnect_timeout: Duration::from_secs(5),
             connections: 2,
+            readonly: false,
         },
     )
     .unwrap();
@@ -244,7 +245,7 @@ fn tcp_works_and_multi_conn_servers_get_a_connection_per_queue() {
 }
 
 #[test]
-fn without_multi_conn_every_queue_shares_one_connection() {
+fn without_multi_conn_every_queue_shares_one_connection_and_readonly_holds() {
     let dir = tempfile::tempdir().unwrap();
     let srv = Server::nbdkit(
         &dir.path().join("s"),
@@ -260,9 +261,19 @@ fn without_multi_conn_every_queue_shares_one_connection() {
         backend_nbd::NbdOptions {
             reconnect_timeout: Duration::from_secs(5),
             connections: 4,
+            readonly: true,
         },
     )
     .unwrap();
     assert!(!export.info().can_multi_conn());
     assert_eq!(export.connections(), 1);
+    // readonly=on on a writable export: writes are refused here, reads go on.
+    assert!(export.info().readonly());
+    let mut e = export.engine(4, false).unwrap();
+    let mut b = vec![0u8; 512];
+    assert_eq!(
+        run(&mut *e, IoOp::Write { offset: 0 }, &mut b),
+        Err(libc::EBADF)
+    );
+    assert_eq!(run(&mut *e, IoOp::Read { offset: 0 }, &mut b), Ok(512));
 }

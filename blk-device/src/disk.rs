@@ -51,6 +51,7 @@ impl OpenDisk {
                 let opts = NbdOptions {
                     reconnect_timeout: cfg.reconnect_timeout,
                     connections: usize::from(cfg.queues),
+                    readonly: cfg.readonly,
                 };
                 let export = NbdExport::open(uri, opts).map_err(|e| DeviceError::Config {
                     path: cfg.path.clone(),

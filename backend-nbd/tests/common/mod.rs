@@ -113,6 +113,7 @@ pub fn open(uri: &NbdUri, timeout_ms: u64) -> NbdExport {
         NbdOptions {
             reconnect_timeout: Duration::from_millis(timeout_ms),
             connections: 1,
+            readonly: false,
         },
     )
     .expect("open the export")
