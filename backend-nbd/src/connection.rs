@@ -106,7 +106,10 @@ impl Pending {
 enum Rx {
     Header,
     /// Copying a read's data into its buffers; `skip` discards it instead.
-    Payload { cookie: u64, got: usize },
+    Payload {
+        cookie: u64,
+        got: usize,
+    },
 }
 
 struct Live {
@@ -190,11 +193,12 @@ impl Worker {
                     self.lose(why);
                 }
             } else {
-                let now = Instant::now();
-                if now >= self.next_attempt {
+                // Expire first: a request that outlived its deadline is not sent again, even
+                // if the server is back (it may be the server that keeps failing it).
+                self.expire(Instant::now());
+                if Instant::now() >= self.next_attempt {
                     self.reconnect();
                 }
-                self.expire(Instant::now());
             }
             self.sleep();
         }
@@ -294,8 +298,14 @@ impl Worker {
             }
             let mut n = sent as usize;
             while n > 0 {
-                let head = *self.send.front().expect("sent bytes belong to queued requests");
-                let p = self.table.get_mut(&head).expect("queued requests are in the table");
+                let head = *self
+                    .send
+                    .front()
+                    .expect("sent bytes belong to queued requests");
+                let p = self
+                    .table
+                    .get_mut(&head)
+                    .expect("queued requests are in the table");
                 let left = p.wire_len() - live.tx_pos;
                 if n >= left {
                     n -= left;
@@ -362,15 +372,20 @@ impl Worker {
                     }
                     let mut h = [0u8; SIMPLE_REPLY_LEN];
                     h.copy_from_slice(&self.buf[self.start..self.start + SIMPLE_REPLY_LEN]);
-                    let reply = SimpleReply::decode(&h)
-                        .ok_or_else(|| "bad reply magic (a broken or hostile server)".to_string())?;
+                    let violation = |why: String| {
+                        Counters::add(&self.counters.protocol_violations, 1);
+                        why
+                    };
+                    let reply = SimpleReply::decode(&h).ok_or_else(|| {
+                        violation("bad reply magic (a broken or hostile server)".into())
+                    })?;
                     let p = match self.table.get(&reply.cookie) {
                         Some(p) if p.sent => p,
                         _ => {
-                            return Err(format!(
+                            return Err(violation(format!(
                                 "reply for cookie {:#x}, which is not in flight",
                                 reply.cookie
-                            ))
+                            )))
                         }
                     };
                     self.start += SIMPLE_REPLY_LEN;
@@ -473,10 +488,12 @@ impl Worker {
                         what: "it became read-only".into(),
                     });
                 }
-                stream.into_nonblocking_fd().map_err(|source| crate::NbdError::Io {
-                    target: self.uri.to_string(),
-                    source,
-                })
+                stream
+                    .into_nonblocking_fd()
+                    .map_err(|source| crate::NbdError::Io {
+                        target: self.uri.to_string(),
+                        source,
+                    })
             },
         );
         match attempt {
@@ -629,9 +646,7 @@ unsafe fn scatter(iov: &[libc::iovec], mut at: usize, mut src: &[u8]) {
         let n = (v.iov_len - at).min(src.len());
         // SAFETY: `at + n <= iov_len`, inside the buffer the caller vouches for; `src` is
         // our own receive buffer, which cannot overlap lent memory.
-        unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr(), v.iov_base.cast::<u8>().add(at), n)
-        };
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), v.iov_base.cast::<u8>().add(at), n) };
         src = &src[n..];
         at = 0;
     }

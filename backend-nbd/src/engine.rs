@@ -65,9 +65,7 @@ impl NbdEngine {
             // as durable as the server makes it.
             IoOp::Flush if !self.info.can_flush() => return Err(0),
             IoOp::Flush => (NBD_CMD_FLUSH, 0, 0, 0),
-            IoOp::Discard { offset, len } if self.info.can_trim() => {
-                (NBD_CMD_TRIM, 0, offset, len)
-            }
+            IoOp::Discard { offset, len } if self.info.can_trim() => (NBD_CMD_TRIM, 0, offset, len),
             IoOp::WriteZeroes { offset, len, unmap } if self.info.can_write_zeroes() => {
                 let flags = if unmap { 0 } else { NBD_CMD_FLAG_NO_HOLE };
                 (NBD_CMD_WRITE_ZEROES, flags, offset, len)

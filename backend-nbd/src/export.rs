@@ -11,7 +11,7 @@ use crate::connection::{Shared, Sink, Worker};
 use crate::engine::NbdEngine;
 use crate::eventfd::EventFd;
 use crate::handshake::{connect, ExportInfo};
-use crate::stats::{Counters, NbdStats};
+use crate::stats::{Counters, NbdStats, NbdStatsHandle};
 use crate::uri::NbdUri;
 use crate::NbdError;
 
@@ -25,6 +25,9 @@ pub struct NbdOptions {
     /// Connections wanted (one per device queue). More than one is opened only when the
     /// server sets `NBD_FLAG_CAN_MULTI_CONN`; otherwise every engine shares one, pipelined.
     pub connections: usize,
+    /// Refuse writes (`EBADF`) even where the server takes them, as if it had set
+    /// `NBD_FLAG_READ_ONLY`.
+    pub readonly: bool,
 }
 
 impl Default for NbdOptions {
@@ -32,6 +35,7 @@ impl Default for NbdOptions {
         NbdOptions {
             reconnect_timeout: Duration::from_secs(5),
             connections: 1,
+            readonly: false,
         }
     }
 }
@@ -67,7 +71,11 @@ impl NbdExport {
     /// Connects to `uri`, negotiates the export and starts the connection threads.
     pub fn open(uri: &NbdUri, opts: NbdOptions) -> Result<NbdExport, NbdError> {
         let handshake_timeout = opts.reconnect_timeout.max(Duration::from_secs(1));
-        let (stream, info) = connect(uri, handshake_timeout)?;
+        let (stream, served) = connect(uri, handshake_timeout)?;
+        let mut info = served;
+        if opts.readonly {
+            info.flags |= crate::proto::NBD_FLAG_READ_ONLY;
+        }
         let counters = Arc::new(Counters::default());
         let mut export = NbdExport {
             uri: uri.clone(),
@@ -84,7 +92,7 @@ impl NbdExport {
         };
         for _ in 1..wanted {
             let (stream, more) = connect(uri, handshake_timeout)?;
-            if more.size != info.size || more.flags != info.flags {
+            if more.size != served.size || more.flags != served.flags {
                 return Err(NbdError::Changed {
                     target: uri.to_string(),
                     what: "a second connection saw another export".into(),
@@ -100,10 +108,12 @@ impl NbdExport {
         stream: crate::handshake::Stream,
         timeout: Duration,
     ) -> Result<(), NbdError> {
-        let fd = stream.into_nonblocking_fd().map_err(|source| NbdError::Io {
-            target: self.uri.to_string(),
-            source,
-        })?;
+        let fd = stream
+            .into_nonblocking_fd()
+            .map_err(|source| NbdError::Io {
+                target: self.uri.to_string(),
+                source,
+            })?;
         let shared = Arc::new(Shared {
             queue: Mutex::new(Vec::new()),
             wake: EventFd::new().map_err(NbdError::EventFd)?,
@@ -165,6 +175,11 @@ impl NbdExport {
     /// The counters of all connections so far.
     pub fn stats(&self) -> NbdStats {
         self.counters.snapshot()
+    }
+
+    /// A handle reading the same counters later, from anywhere.
+    pub fn stats_handle(&self) -> NbdStatsHandle {
+        NbdStatsHandle(self.counters.clone())
     }
 }
 

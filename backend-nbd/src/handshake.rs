@@ -133,7 +133,9 @@ pub(crate) fn connect(uri: &NbdUri, timeout: Duration) -> Result<(Stream, Export
         NbdAddress::Unix(p) => Stream::Unix(UnixStream::connect(p).map_err(connect_err)?),
         NbdAddress::Tcp { host, port } => {
             use std::net::ToSocketAddrs;
-            let addrs = (host.as_str(), *port).to_socket_addrs().map_err(connect_err)?;
+            let addrs = (host.as_str(), *port)
+                .to_socket_addrs()
+                .map_err(connect_err)?;
             let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
             let mut found = None;
             for a in addrs {
@@ -148,10 +150,12 @@ pub(crate) fn connect(uri: &NbdUri, timeout: Duration) -> Result<(Stream, Export
             Stream::Tcp(found.ok_or_else(|| connect_err(last))?)
         }
     };
-    stream.set_timeout(Some(timeout)).map_err(|source| NbdError::Io {
-        target: target.clone(),
-        source,
-    })?;
+    stream
+        .set_timeout(Some(timeout))
+        .map_err(|source| NbdError::Io {
+            target: target.clone(),
+            source,
+        })?;
     let info = negotiate(&mut stream, &uri.export).map_err(|e| match e {
         Negotiation::Io(source) => NbdError::Io {
             target: target.clone(),
@@ -273,7 +277,8 @@ fn negotiate(s: &mut (impl Read + Write), export: &str) -> Result<ExportInfo, Ne
             k => return Err(bad(format!("unexpected option reply type {k}"))),
         }
     }
-    let (size, flags) = export_info.ok_or_else(|| bad("NBD_OPT_GO ended without NBD_INFO_EXPORT"))?;
+    let (size, flags) =
+        export_info.ok_or_else(|| bad("NBD_OPT_GO ended without NBD_INFO_EXPORT"))?;
     if flags & NBD_FLAG_HAS_FLAGS == 0 {
         return Err(bad("transmission flags without NBD_FLAG_HAS_FLAGS"));
     }

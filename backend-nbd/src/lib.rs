@@ -15,5 +15,5 @@ pub use engine::NbdEngine;
 pub use error::NbdError;
 pub use export::{NbdExport, NbdOptions};
 pub use handshake::{ExportInfo, DEFAULT_MAX_PAYLOAD};
-pub use stats::NbdStats;
+pub use stats::{NbdStats, NbdStatsHandle};
 pub use uri::{NbdAddress, NbdUri, UriError, NBD_DEFAULT_PORT};

@@ -176,7 +176,11 @@ mod tests {
 
     #[test]
     fn reply_with_bad_magic_is_refused() {
-        let mut b = SimpleReply { error: 0, cookie: 7 }.encode();
+        let mut b = SimpleReply {
+            error: 0,
+            cookie: 7,
+        }
+        .encode();
         assert!(SimpleReply::decode(&b).is_some());
         b[0] ^= 1;
         assert!(SimpleReply::decode(&b).is_none());

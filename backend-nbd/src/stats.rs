@@ -16,6 +16,9 @@ pub struct NbdStats {
     pub timed_out_requests: u64,
     /// Requests the server answered with an error.
     pub error_replies: u64,
+    /// Connections dropped for breaking the protocol (a bad magic, a reply for a cookie not
+    /// in flight).
+    pub protocol_violations: u64,
 }
 
 /// The live counters, shared by an export's I/O threads. Counting is off the data path's
@@ -27,6 +30,7 @@ pub(crate) struct Counters {
     pub retried_requests: AtomicU64,
     pub timed_out_requests: AtomicU64,
     pub error_replies: AtomicU64,
+    pub protocol_violations: AtomicU64,
 }
 
 impl Counters {
@@ -42,6 +46,35 @@ impl Counters {
             retried_requests: get(&self.retried_requests),
             timed_out_requests: get(&self.timed_out_requests),
             error_replies: get(&self.error_replies),
+            protocol_violations: get(&self.protocol_violations),
         }
+    }
+}
+
+/// A live view of an export's counters that outlives borrowing the export (for a metrics
+/// writer on another thread).
+#[derive(Clone, Debug)]
+pub struct NbdStatsHandle(pub(crate) std::sync::Arc<Counters>);
+
+impl NbdStatsHandle {
+    /// The counters now.
+    pub fn snapshot(&self) -> NbdStats {
+        self.0.snapshot()
+    }
+}
+
+impl NbdStats {
+    /// The counters as one JSON object.
+    pub fn to_json(&self) -> String {
+        format!(
+            "{{\"disconnects\":{},\"reconnects\":{},\"retried_requests\":{},\
+             \"timed_out_requests\":{},\"error_replies\":{},\"protocol_violations\":{}}}",
+            self.disconnects,
+            self.reconnects,
+            self.retried_requests,
+            self.timed_out_requests,
+            self.error_replies,
+            self.protocol_violations
+        )
     }
 }

@@ -85,7 +85,10 @@ fn every_command_round_trips_and_many_fly_at_once() {
     // Outside the export: refused here, without a round trip.
     let mut b = vec![0u8; 512];
     let end = 16 << 20;
-    assert_eq!(run(&mut *e, IoOp::Read { offset: end }, &mut b), Err(libc::EINVAL));
+    assert_eq!(
+        run(&mut *e, IoOp::Read { offset: end }, &mut b),
+        Err(libc::EINVAL)
+    );
     assert_eq!(export.stats().disconnects, 0);
 }
 
@@ -109,7 +112,11 @@ fn injected_errors_fail_exactly_the_requests_in_their_range() {
         (2 << 20, Ok(4096)),
         (3 << 20, Ok(4096)),
     ] {
-        assert_eq!(run(&mut *e, IoOp::Read { offset }, &mut b), expect, "{offset}");
+        assert_eq!(
+            run(&mut *e, IoOp::Read { offset }, &mut b),
+            expect,
+            "{offset}"
+        );
     }
     let s = export.stats();
     assert_eq!((s.error_replies, s.disconnects), (2, 0), "{s:?}");
@@ -120,15 +127,27 @@ fn a_slow_server_below_the_timeout_is_no_failure() {
     let dir = tempfile::tempdir().unwrap();
     let srv = Server::nbdkit(
         &dir.path().join("s"),
-        &["--filter=delay", "memory", "size=1M", "rdelay=400ms", "wdelay=400ms"],
+        &[
+            "--filter=delay",
+            "memory",
+            "size=1M",
+            "rdelay=400ms",
+            "wdelay=400ms",
+        ],
     );
     let export = open(&srv.uri(), 1000);
     let mut e = export.engine(8, false).unwrap();
     let mut b = pattern(3, 4096);
     let t = Instant::now();
     for i in 0..3 {
-        assert_eq!(run(&mut *e, IoOp::Write { offset: i * 4096 }, &mut b), Ok(4096));
-        assert_eq!(run(&mut *e, IoOp::Read { offset: i * 4096 }, &mut b), Ok(4096));
+        assert_eq!(
+            run(&mut *e, IoOp::Write { offset: i * 4096 }, &mut b),
+            Ok(4096)
+        );
+        assert_eq!(
+            run(&mut *e, IoOp::Read { offset: i * 4096 }, &mut b),
+            Ok(4096)
+        );
     }
     assert!(t.elapsed() >= Duration::from_millis(2400));
     assert_eq!(export.stats().disconnects, 0, "{:?}", export.stats());
@@ -138,14 +157,20 @@ fn a_slow_server_below_the_timeout_is_no_failure() {
 fn a_restarted_server_loses_nothing_and_a_late_one_gives_eio_then_service() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("disk.img");
-    std::fs::File::create(&img).unwrap().set_len(4 << 20).unwrap();
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
     let img_arg = format!("file={}", img.display());
     let sock = dir.path().join("s");
     let srv = Server::nbdkit(&sock, &["file", &img_arg]);
     let export = open(&srv.uri(), 1500);
     let mut e = export.engine(8, false).unwrap();
     let mut data = pattern(9, 65536);
-    assert_eq!(run(&mut *e, IoOp::Write { offset: 0 }, &mut data), Ok(65536));
+    assert_eq!(
+        run(&mut *e, IoOp::Write { offset: 0 }, &mut data),
+        Ok(65536)
+    );
     assert_eq!(run(&mut *e, IoOp::Flush, &mut []), Ok(0));
 
     // Killed with a read in flight, back within the timeout: the read just completes.
@@ -175,11 +200,80 @@ fn a_restarted_server_loses_nothing_and_a_late_one_gives_eio_then_service() {
     // Killed for longer than the timeout: EIO, then service once it is back.
     srv.kill();
     let t = Instant::now();
-    assert_eq!(run(&mut *e, IoOp::Read { offset: 0 }, &mut back), Err(libc::EIO));
+    assert_eq!(
+        run(&mut *e, IoOp::Read { offset: 0 }, &mut back),
+        Err(libc::EIO)
+    );
     assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
     let _srv = Server::nbdkit(&sock, &["file", &img_arg]);
     back.fill(0);
     assert_eq!(run(&mut *e, IoOp::Read { offset: 0 }, &mut back), Ok(65536));
     assert_eq!(back, data);
     assert!(export.stats().timed_out_requests >= 1);
+}
+
+#[test]
+fn tcp_works_and_multi_conn_servers_get_a_connection_per_queue() {
+    let (_srv, port) = Server::nbdkit_tcp(&["memory", "size=1M"]);
+    let uri: backend_nbd::NbdUri = format!("nbd://127.0.0.1:{port}/").parse().unwrap();
+    let export = backend_nbd::NbdExport::open(
+        &uri,
+        backend_nbd::NbdOptions {
+            reconnect_timeout: Duration::from_secs(5),
+            connections: 2,
+            readonly: false,
+        },
+    )
+    .unwrap();
+    assert!(export.info().can_multi_conn());
+    assert_eq!(export.connections(), 2);
+    // A write through one connection is seen through the other.
+    let mut a = export.engine(4, false).unwrap();
+    let mut b = export.engine(4, false).unwrap();
+    let mut data = pattern(5, 4096);
+    assert_eq!(
+        run(&mut *a, IoOp::Write { offset: 8192 }, &mut data),
+        Ok(4096)
+    );
+    assert_eq!(run(&mut *a, IoOp::Flush, &mut []), Ok(0));
+    let mut back = vec![0u8; 4096];
+    assert_eq!(
+        run(&mut *b, IoOp::Read { offset: 8192 }, &mut back),
+        Ok(4096)
+    );
+    assert_eq!(back, data);
+}
+
+#[test]
+fn without_multi_conn_every_queue_shares_one_connection_and_readonly_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::nbdkit(
+        &dir.path().join("s"),
+        &[
+            "--filter=multi-conn",
+            "memory",
+            "size=1M",
+            "multi-conn-mode=disable",
+        ],
+    );
+    let export = backend_nbd::NbdExport::open(
+        &srv.uri(),
+        backend_nbd::NbdOptions {
+            reconnect_timeout: Duration::from_secs(5),
+            connections: 4,
+            readonly: true,
+        },
+    )
+    .unwrap();
+    assert!(!export.info().can_multi_conn());
+    assert_eq!(export.connections(), 1);
+    // readonly=on on a writable export: writes are refused here, reads go on.
+    assert!(export.info().readonly());
+    let mut e = export.engine(4, false).unwrap();
+    let mut b = vec![0u8; 512];
+    assert_eq!(
+        run(&mut *e, IoOp::Write { offset: 0 }, &mut b),
+        Err(libc::EBADF)
+    );
+    assert_eq!(run(&mut *e, IoOp::Read { offset: 0 }, &mut b), Ok(512));
 }

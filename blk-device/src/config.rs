@@ -77,7 +77,9 @@ pub enum DiskConfigError {
     #[error("--disk uri={0} is invalid: {1}")]
     DiskUri(String, String),
     /// A bad reconnect timeout, or one on a disk that is not NBD.
-    #[error("--disk reconnect-timeout={0} is invalid: give whole seconds from 0 to 3600, with uri=")]
+    #[error(
+        "--disk reconnect-timeout={0} is invalid: give whole seconds from 0 to 3600, with uri="
+    )]
     DiskReconnectTimeout(String),
     /// An on/off switch with another value.
     #[error("--disk {0}={1} is not on or off: write {0}=on or {0}=off")]
@@ -176,9 +178,9 @@ impl DiskConfig {
             match key {
                 "path" => path = Some(PathBuf::from(value)),
                 "uri" => {
-                    let uri = value.parse::<NbdUri>().map_err(|e| {
-                        DiskConfigError::DiskUri(value.to_string(), e.to_string())
-                    })?;
+                    let uri = value
+                        .parse::<NbdUri>()
+                        .map_err(|e| DiskConfigError::DiskUri(value.to_string(), e.to_string()))?;
                     cfg.uri = Some(uri);
                 }
                 "reconnect-timeout" => {
@@ -244,13 +246,19 @@ impl DiskConfig {
             }
             path = Some(PathBuf::from(uri.to_string()));
         } else if seen.contains(&"reconnect-timeout") {
-            return Err(DiskConfigError::DiskReconnectTimeout("(without uri=)".into()));
+            return Err(DiskConfigError::DiskReconnectTimeout(
+                "(without uri=)".into(),
+            ));
         }
         cfg.path = path
             .filter(|p| !p.as_os_str().is_empty())
             .ok_or_else(|| DiskConfigError::DiskNoPath(s.to_string()))?;
         let default = match &cfg.uri {
-            Some(u) => default_serial(Path::new(if u.export.is_empty() { "nbd" } else { &u.export })),
+            Some(u) => default_serial(Path::new(if u.export.is_empty() {
+                "nbd"
+            } else {
+                &u.export
+            })),
             None => default_serial(&cfg.path),
         };
         cfg.serial = serial.unwrap_or(default);

@@ -79,6 +79,9 @@ impl BlockDevice {
         let disk = OpenDisk::open(cfg)?;
         let offered = offered_features(&disk, cfg);
         let config = device_config(&disk, cfg, offered);
+        if let Some(nbd) = disk.nbd_stats() {
+            metrics.set_nbd(nbd);
+        }
         let throttle = DiskThrottle::new(
             Some(&cfg.limits),
             serve.throttle_group.clone(),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use backend_nbd::{NbdExport, NbdOptions, NbdStats};
+use backend_nbd::{NbdExport, NbdOptions, NbdStatsHandle};
 use backend_raw::{
     with_faults, Disk, DiskOptions, Engine, EngineKind, FaultSpec, IoOp, LogEngine, WriteLog,
 };
@@ -51,6 +51,7 @@ impl OpenDisk {
                 let opts = NbdOptions {
                     reconnect_timeout: cfg.reconnect_timeout,
                     connections: usize::from(cfg.queues),
+                    readonly: cfg.readonly,
                 };
                 let export = NbdExport::open(uri, opts).map_err(|e| DeviceError::Config {
                     path: cfg.path.clone(),
@@ -105,9 +106,9 @@ impl OpenDisk {
     }
 
     /// The NBD export's counters (`None` for a file).
-    pub fn nbd_stats(&self) -> Option<NbdStats> {
+    pub fn nbd_stats(&self) -> Option<NbdStatsHandle> {
         match &self.backend {
-            Backend::Nbd(e) => Some(e.stats()),
+            Backend::Nbd(e) => Some(e.stats_handle()),
             Backend::File(_) => None,
         }
     }
@@ -163,13 +164,12 @@ impl OpenDisk {
         depth: usize,
     ) -> Result<(Box<dyn Engine>, Option<backend_raw::Error>), DeviceError> {
         match &self.backend {
-            Backend::File(d) => {
-                d.engine_or_sync(kind, depth)
-                    .map_err(|source| DeviceError::Disk {
-                        path: self.path.clone(),
-                        source,
-                    })
-            }
+            Backend::File(d) => d
+                .engine_or_sync(kind, depth)
+                .map_err(|source| DeviceError::Disk {
+                    path: self.path.clone(),
+                    source,
+                }),
             Backend::Nbd(e) => e
                 .engine(depth, kind == EngineKind::Sync)
                 .map(|engine| (engine, None))

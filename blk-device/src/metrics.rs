@@ -173,6 +173,8 @@ pub struct DeviceMetrics {
     latency: Histogram,
     /// Names of the threads that submitted this device's I/O to an engine.
     io_threads: Mutex<Vec<String>>,
+    /// The NBD connection counters, for a disk over the network.
+    nbd: std::sync::OnceLock<backend_nbd::NbdStatsHandle>,
 }
 
 impl DeviceMetrics {
@@ -193,7 +195,13 @@ impl DeviceMetrics {
             throttled_ns: AtomicU64::new(0),
             latency: Histogram::default(),
             io_threads: Mutex::new(Vec::new()),
+            nbd: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Reports `stats` (reconnects, retried requests, ...) with the device's counters.
+    pub fn set_nbd(&self, stats: backend_nbd::NbdStatsHandle) {
+        let _ = self.nbd.set(stats);
     }
 
     /// The device's name.
@@ -351,7 +359,11 @@ impl DeviceMetrics {
             }
             json_string(&mut s, name);
         }
-        s.push_str("]}");
+        s.push(']');
+        if let Some(nbd) = self.nbd.get() {
+            let _ = write!(s, ",\"nbd\":{}", nbd.snapshot().to_json());
+        }
+        s.push('}');
         s
     }
 }

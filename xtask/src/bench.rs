@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::hostbench::{self, Workload};
+use crate::nbd_server::{NbdServer, NbdServerKind};
 use crate::report::{tail, GuestReport};
 use crate::runner::{qemu_command, run_guest, run_guest_counting, thread_cpu, Peer, RunOutput};
 use crate::stats::{cpu_us_per_io, median, spread_pct, Summary};
@@ -124,6 +125,13 @@ pub const QEMU: &str = "qemu-iothread";
 pub const QEMU_VHOST_USER: &str = "qemu-vhost-user";
 /// QEMU on qemu-storage-daemon's vhost-user-blk export (an iothread, io_uring).
 pub const QEMU_VHOST_QSD: &str = "qemu-vhost-qsd";
+/// The NBD group: the image served by qemu-storage-daemon on a Unix socket (started for
+/// each point, killed after it), read by fio's `nbd` engine on the host...
+pub const NBD_FIO: &str = "nbd-fio";
+/// ...by our VMM's NBD client...
+pub const NBD_VMM: &str = "vmm-nbd";
+/// ...and by QEMU's (`-drive file=nbd+unix://...`).
+pub const NBD_QEMU: &str = "qemu-nbd";
 
 /// One way of running our VMM in the bench.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,11 +210,14 @@ pub const VMM_SYSTEMS: &[VmmSystem] = &[
     VmmSystem::without("vmm-default-nofixed", &[], ",fixed-buffers=off"),
 ];
 
-/// The systems a run without `--systems` measures: all but the one-change-off variants.
+/// The systems a run without `--systems` measures: all but the one-change-off variants and
+/// the NBD group (`--systems nbd-fio,vmm-nbd,qemu-nbd`), which would take the full run past
+/// half an hour.
 pub fn default_system_names() -> Vec<&'static str> {
     system_names()
         .into_iter()
         .filter(|s| !VMM_SYSTEMS.iter().any(|v| v.name == *s && v.ablation))
+        .filter(|s| ![NBD_FIO, NBD_VMM, NBD_QEMU].contains(s))
         .collect()
 }
 
@@ -215,22 +226,23 @@ pub fn system_names() -> Vec<&'static str> {
     let mut names = vec![BARE_METAL_FIO, BARE_METAL];
     names.extend(VMM_SYSTEMS.iter().map(|v| v.name));
     names.extend([QEMU, QEMU_VHOST_USER, QEMU_VHOST_QSD]);
+    names.extend([NBD_FIO, NBD_VMM, NBD_QEMU]);
     names
 }
 
 /// Whether `system` boots QEMU (with its firmware: seconds of start-up).
 pub fn is_qemu(system: &str) -> bool {
-    [QEMU, QEMU_VHOST_USER, QEMU_VHOST_QSD].contains(&system)
+    [QEMU, QEMU_VHOST_USER, QEMU_VHOST_QSD, NBD_QEMU].contains(&system)
 }
 
 /// Whether `system` is one of our VMM's.
 pub fn is_vmm(system: &str) -> bool {
-    VMM_SYSTEMS.iter().any(|v| v.name == system)
+    system == NBD_VMM || VMM_SYSTEMS.iter().any(|v| v.name == system)
 }
 
 /// Whether `system` runs on the host without a guest.
 pub fn is_bare_metal(system: &str) -> bool {
-    system == BARE_METAL_FIO || system == BARE_METAL
+    system == BARE_METAL_FIO || system == BARE_METAL || system == NBD_FIO
 }
 
 /// The (workload, system) points of one repeat, in run order. Bare metal has no guest
@@ -359,16 +371,28 @@ pub fn parse_fio(json_text: &str, write: bool) -> Result<Summary, String> {
     })
 }
 
-fn run_fio(fio: &Path, image: &Path, case: &Case, secs: u32) -> Result<Summary, String> {
+/// fio on `image`, or with `nbd` on that NBD URI through fio's `nbd` engine.
+fn run_fio(
+    fio: &Path,
+    image: &Path,
+    case: &Case,
+    secs: u32,
+    nbd: Option<&str>,
+) -> Result<Summary, String> {
     let w = &case.workload;
-    let out = Command::new(fio)
+    let mut cmd = Command::new(fio);
+    match nbd {
+        Some(uri) => cmd.args(["--ioengine=nbd", &format!("--uri={uri}")]),
+        None => cmd
+            .arg(format!("--filename={}", image.display()))
+            .arg("--ioengine=io_uring")
+            .arg(format!("--direct={}", u8::from(!case.shm))),
+    };
+    let out = cmd
         .arg("--name=bench")
-        .arg(format!("--filename={}", image.display()))
         .arg(format!("--rw={}", w.pattern.replace("seq", "")))
         .arg(format!("--bs={}", w.bs))
         .arg(format!("--iodepth={}", w.qd))
-        .arg("--ioengine=io_uring")
-        .arg(format!("--direct={}", u8::from(!case.shm)))
         .arg(format!("--runtime={secs}"))
         .args(["--time_based", "--output-format=json", "--randrepeat=0"])
         .output()
@@ -379,10 +403,10 @@ fn run_fio(fio: &Path, image: &Path, case: &Case, secs: u32) -> Result<Summary, 
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    parse_fio(
-        &String::from_utf8_lossy(&out.stdout),
-        w.pattern.ends_with("write"),
-    )
+    // fio's nbd engine prints a line before its JSON.
+    let text = String::from_utf8_lossy(&out.stdout);
+    let json = text.find('{').map_or(&*text, |i| &text[i..]);
+    parse_fio(json, w.pattern.ends_with("write"))
 }
 
 /// Our runner on the host, with the CPU time of the thread that runs it (the runner is
@@ -407,7 +431,14 @@ fn guest_summary(out: &RunOutput) -> Result<Summary, String> {
     Ok(s)
 }
 
-fn run_vmm(setup: &Setup, vmm: &VmmSystem, image: &Path, case: &Case) -> Result<Summary, String> {
+/// Our VMM as `vmm` says, on `image`, or with `nbd` on that NBD URI.
+fn run_vmm(
+    setup: &Setup,
+    vmm: &VmmSystem,
+    image: &Path,
+    case: &Case,
+    nbd: Option<&str>,
+) -> Result<Summary, String> {
     let mut cmd = Command::new(&setup.vmm);
     cmd.arg("--kernel")
         .arg(&setup.guest)
@@ -421,12 +452,16 @@ fn run_vmm(setup: &Setup, vmm: &VmmSystem, image: &Path, case: &Case) -> Result<
         cmd.arg("--trace").arg(&trace_file);
     }
     cmd.args(["--cmdline", &cmdline]);
-    cmd.arg("--disk").arg(format!(
-        "path={},direct={},engine=io_uring,serial=bench{}",
-        image.display(),
-        if case.shm { "off" } else { "on" },
-        vmm.disk
-    ));
+    let target = match nbd {
+        Some(uri) => format!("uri={uri}"),
+        None => format!(
+            "path={},direct={}",
+            image.display(),
+            if case.shm { "off" } else { "on" }
+        ),
+    };
+    cmd.arg("--disk")
+        .arg(format!("{target},engine=io_uring,serial=bench{}", vmm.disk));
     let out = run_guest(
         cmd,
         Peer::Vmm,
@@ -448,8 +483,14 @@ fn run_vmm(setup: &Setup, vmm: &VmmSystem, image: &Path, case: &Case) -> Result<
     guest_summary(&out)
 }
 
+/// QEMU on `image` (a path, or an NBD URI).
 fn run_qemu(qemu: &Path, setup: &Setup, image: &Path, case: &Case) -> Result<Summary, String> {
-    let cache = if case.shm { "writeback" } else { "none" };
+    let nbd = image.to_string_lossy().starts_with("nbd");
+    let cache = if case.shm && !nbd {
+        "writeback"
+    } else {
+        "none"
+    };
     let cmdline = case.guest_cmdline(setup.secs);
     let cmd = qemu_command(qemu, &setup.guest, &cmdline, image, cache, "bench");
     qemu_summary(run_guest_counting(
@@ -519,12 +560,16 @@ fn run_point(setup: &Setup, system: &str, case: &Case) -> Result<Summary, String
     } else {
         &setup.disk_image
     };
+    if [NBD_FIO, NBD_VMM, NBD_QEMU].contains(&system) {
+        return run_nbd_point(setup, system, case, image);
+    }
     match system {
         BARE_METAL_FIO => run_fio(
             setup.fio.as_deref().ok_or("fio is not installed")?,
             image,
             case,
             setup.secs,
+            None,
         ),
         BARE_METAL => run_bare_metal(image, case, setup.secs),
         QEMU => run_qemu(
@@ -545,8 +590,36 @@ fn run_point(setup: &Setup, system: &str, case: &Case) -> Result<Summary, String
                 .iter()
                 .find(|v| v.name == name)
                 .ok_or_else(|| format!("unknown system {name}"))?;
-            run_vmm(setup, vmm, image, case)
+            run_vmm(setup, vmm, image, case, None)
         }
+    }
+}
+
+/// A point of the NBD group: qemu-storage-daemon serves `image` for this point only.
+fn run_nbd_point(
+    setup: &Setup,
+    system: &str,
+    case: &Case,
+    image: &Path,
+) -> Result<Summary, String> {
+    let socket = std::env::temp_dir().join(format!("vmm-bench-nbd-{}.sock", std::process::id()));
+    let server = NbdServer::start_with(NbdServerKind::Qsd, image, &socket, "bench", !case.shm)?;
+    let uri = server.uri("bench");
+    match system {
+        NBD_FIO => run_fio(
+            setup.fio.as_deref().ok_or("fio is not installed")?,
+            image,
+            case,
+            setup.secs,
+            Some(&uri),
+        ),
+        NBD_QEMU => run_qemu(
+            setup.qemu.as_deref().ok_or("QEMU is not installed")?,
+            setup,
+            Path::new(&uri),
+            case,
+        ),
+        _ => run_vmm(setup, &VMM_SYSTEMS[0], image, case, Some(&uri)),
     }
 }
 
@@ -1035,11 +1108,10 @@ mod tests {
     fn systems_are_data_driven() {
         let names = system_names();
         assert_eq!(names.first(), Some(&BARE_METAL_FIO));
-        assert_eq!(
-            names[names.len() - 3..],
-            [QEMU, QEMU_VHOST_USER, QEMU_VHOST_QSD]
-        );
+        assert_eq!(names.last(), Some(&NBD_QEMU));
+        assert!(names.contains(&QEMU_VHOST_USER) && names.contains(&QEMU_VHOST_QSD));
         assert!(is_qemu(QEMU_VHOST_QSD) && !is_qemu("vmm-default"));
+        assert!(is_bare_metal(NBD_FIO) && is_vmm(NBD_VMM) && !is_vmm(NBD_QEMU));
         let default = VMM_SYSTEMS
             .iter()
             .find(|v| v.name == "vmm-default")
@@ -1063,7 +1135,8 @@ mod tests {
         let systems = system_names();
         let p = plan(&all, &systems);
         let simple = all.iter().filter(|c| c.driver == Driver::Simple).count();
-        assert_eq!(p.len(), all.len() * systems.len() - simple * 2);
+        // Three systems run without a guest: two bare metal, and fio over NBD.
+        assert_eq!(p.len(), all.len() * systems.len() - simple * 3);
         assert!(!p
             .iter()
             .any(|(c, s)| c.driver == Driver::Simple && is_bare_metal(s)));

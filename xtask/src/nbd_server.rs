@@ -43,27 +43,40 @@ pub struct NbdServer {
 
 impl NbdServer {
     /// Serves `image` (read-write) on the Unix socket `socket`, export name `export`, and
-    /// waits until it accepts connections.
+    /// waits until it accepts connections. qemu-storage-daemon opens the image with
+    /// `O_DIRECT`.
     pub fn start(
         kind: NbdServerKind,
         image: &Path,
         socket: &Path,
         export: &str,
     ) -> Result<NbdServer, String> {
+        Self::start_with(kind, image, socket, export, true)
+    }
+
+    /// [`start`](Self::start), with `direct=false` for images on filesystems that refuse
+    /// `O_DIRECT` (tmpfs).
+    pub fn start_with(
+        kind: NbdServerKind,
+        image: &Path,
+        socket: &Path,
+        export: &str,
+        direct: bool,
+    ) -> Result<NbdServer, String> {
         let _ = std::fs::remove_file(socket);
         let mut cmd = Command::new(kind.program());
         match kind {
             NbdServerKind::Qsd => {
                 cmd.arg("--blockdev").arg(format!(
-                    "driver=file,node-name=f,filename={},cache.direct=on",
-                    image.display()
+                    "driver=file,node-name=f,filename={},cache.direct={}",
+                    image.display(),
+                    if direct { "on" } else { "off" }
                 ));
-                cmd.arg("--nbd-server").arg(format!(
-                    "addr.type=unix,addr.path={}",
-                    socket.display()
+                cmd.arg("--nbd-server")
+                    .arg(format!("addr.type=unix,addr.path={}", socket.display()));
+                cmd.arg("--export").arg(format!(
+                    "type=nbd,id=e,node-name=f,name={export},writable=on"
                 ));
-                cmd.arg("--export")
-                    .arg(format!("type=nbd,id=e,node-name=f,name={export},writable=on"));
             }
             NbdServerKind::Nbdkit => {
                 cmd.arg("-U").arg(socket).args(["-f", "-e", export, "file"]);
@@ -80,12 +93,18 @@ impl NbdServer {
             kind,
         };
         let t = Instant::now();
-        while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        // The socket appears once the server listens; a probing connection would make it
+        // log a broken pipe.
+        while !socket.exists() {
             if let Ok(Some(status)) = server.child.try_wait() {
                 return Err(format!("{} exited at start: {status}", kind.program()));
             }
             if t.elapsed() > Duration::from_secs(20) {
-                return Err(format!("{} did not listen on {}", kind.program(), socket.display()));
+                return Err(format!(
+                    "{} did not listen on {}",
+                    kind.program(),
+                    socket.display()
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }

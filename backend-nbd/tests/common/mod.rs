@@ -28,7 +28,9 @@ impl Server {
             .args(args)
             .stdin(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run nbdkit ({e}): install it (apt-get install nbdkit)"));
+            .unwrap_or_else(|e| {
+                panic!("cannot run nbdkit ({e}): install it (apt-get install nbdkit)")
+            });
         let mut s = Server {
             child,
             socket: socket.to_path_buf(),
@@ -37,19 +39,48 @@ impl Server {
         s
     }
 
+    /// Starts `nbdkit` on TCP 127.0.0.1, on a port that was free a moment ago; returns it
+    /// with the port once it accepts connections.
+    pub fn nbdkit_tcp(args: &[&str]) -> (Server, u16) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new("nbdkit")
+            .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-f"])
+            .args(args)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run nbdkit ({e}): install it (apt-get install nbdkit)")
+            });
+        let s = Server {
+            child,
+            socket: PathBuf::new(),
+        };
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "nbdkit never listened"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (s, port)
+    }
+
     fn wait_ready(&mut self) {
         let t = Instant::now();
         while !self.socket.exists() {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("the server exited early: {status}");
             }
-            assert!(t.elapsed() < Duration::from_secs(10), "server socket never appeared");
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "server socket never appeared"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
-    }
-
-    pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
     }
 
     pub fn uri(&self) -> NbdUri {
@@ -82,6 +113,7 @@ pub fn open(uri: &NbdUri, timeout_ms: u64) -> NbdExport {
         NbdOptions {
             reconnect_timeout: Duration::from_millis(timeout_ms),
             connections: 1,
+            readonly: false,
         },
     )
     .expect("open the export")

@@ -19,9 +19,10 @@ use guest_test_kernel::pattern::{self, mix64, Rng, SECTOR_SIZE};
 
 use crate::app::check::pipeline::cut;
 use crate::app::check::report::{fail, Why};
-use crate::app::driver::blk::{Blk, Done, Request, MAX_SEGS};
+use crate::app::driver::blk::{Blk, BlkError, Done, Request, MAX_SEGS};
 use crate::app::driver::dma;
 use crate::arch::tsc::{hz, rdtsc};
+use virtqueue_core::DriverError;
 
 /// Requests in flight (spread over the queues).
 const QD: usize = 64;
@@ -218,7 +219,11 @@ pub fn run(blk: &mut Blk, secs: u32, seed: u64) -> Result<(), Why> {
                     gen,
                     ..*slot
                 };
-                submit(blk, i, slot, seed, &mut rng, indirect_ok, nq)?;
+                if !submit(blk, i, slot, seed, &mut rng, indirect_ok, nq)? {
+                    // The ring is short of descriptors: the slot waits for completions.
+                    slot.busy = false;
+                    break;
+                }
             }
             for q in 0..nq {
                 blk.kick(q);
@@ -359,7 +364,7 @@ fn submit(
     rng: &mut Rng,
     indirect_ok: bool,
     nq: usize,
-) -> Result<(), Why> {
+) -> Result<bool, Why> {
     let bytes = (slot.sectors as usize) * SECTOR_SIZE;
     let mut segs = [(0u64, 0u32); MAX_SEGS];
     let (kind, sector, nsegs) = match slot.kind {
@@ -408,7 +413,7 @@ fn submit(
         }
     };
     let indirect = indirect_ok && rng.below(4) == 0;
-    blk.submit(
+    let submitted = blk.submit(
         i % nq,
         &Request {
             kind,
@@ -417,8 +422,13 @@ fn submit(
             indirect,
             tag: i as u64,
         },
-    )?;
-    Ok(())
+    );
+    match submitted {
+        // 64 slots of up to MAX_SEGS + 2 descriptors each can outnumber the ring when a slow
+        // device keeps them all in flight.
+        Err(BlkError::Ring(DriverError::NoFreeDescriptors { .. })) => Ok(false),
+        r => r.map(|()| true).map_err(Why::from),
+    }
 }
 
 /// Checks a finished request against the model and updates it.
