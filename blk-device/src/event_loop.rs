@@ -207,12 +207,24 @@ impl Shared {
             if self.turn() {
                 continue;
             }
-            if poller.enabled() && self.each(true, |may, q| q.service.may_poll() & may) {
+            // A queue with limits never makes the loop spin: its pace is its limit's, and a
+            // spinning core is what its unlimited neighbours need. A loop that also serves
+            // unlimited queues polls for them and serves the limited ones on the way.
+            let may_poll = self.each(None, |may: Option<bool>, q| {
+                if q.service.is_limited() {
+                    may
+                } else {
+                    Some(may.unwrap_or(true) & q.service.may_poll())
+                }
+            });
+            if poller.enabled() && may_poll == Some(true) {
                 // Requests in flight: keep watching the rings and the engine across the
                 // disk's latency (the driver does not kick meanwhile: kicks stay disabled
                 // while this thread is awake). Nothing in flight: the idle window.
                 let in_flight = self.poll_in_flight
-                    && self.each(false, |any, q| any | (q.service.in_flight() > 0));
+                    && self.each(false, |any, q| {
+                        any | (!q.service.is_limited() && q.service.in_flight() > 0)
+                    });
                 let found = if in_flight {
                     flight.poll(|| self.turn() || self.stopped())
                 } else {

@@ -343,6 +343,11 @@ impl QueueService {
         self.scheduler.prepare_sleep()
     }
 
+    /// Whether the disk has limits (`iops=`, `bw=`, `group=`...).
+    pub fn is_limited(&self) -> bool {
+        self.throttle.is_some()
+    }
+
     /// Whether busy-polling can pay off now (see [`Scheduler::may_poll`]).
     pub fn may_poll(&self) -> bool {
         self.parked.is_none() && self.scheduler.may_poll()

@@ -137,8 +137,21 @@ fn oversize_request_waits_for_a_full_bucket_then_leaves_debt() {
     assert_eq!(b.wait_ns(5 * SEC / 1000, 50), 0, "full again: admitted");
     b.take(50);
     assert_eq!(b.tokens(), -40);
-    // The debt is paid at the rate before even one token is back.
-    assert_eq!(b.wait_ns(5 * SEC / 1000, 1), 41 * SEC / 1000);
+    // The debt is paid at the rate before even one token is back, and the wake-up waits for
+    // a batch of 5 ms of refill more.
+    assert_eq!(b.wait_ns(5 * SEC / 1000, 1), 46 * SEC / 1000);
+}
+
+#[test]
+fn a_wake_up_waits_for_a_batch_but_never_past_a_full_bucket() {
+    // 5 ms of refill at 2000/s is 10 tokens more than the one asked for.
+    let mut b = TokenBucket::new(2000, 40, 0);
+    b.take(40);
+    assert_eq!(b.wait_ns(0, 1), 11 * SEC / 2000);
+    // A bucket of 2 tokens: the batch is cut to what it holds, so no token overflows.
+    let mut b = TokenBucket::new(2000, 2, 0);
+    b.take(2);
+    assert_eq!(b.wait_ns(0, 1), 2 * SEC / 2000);
 }
 
 #[test]
