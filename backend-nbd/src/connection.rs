@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use backend_raw::Completion;
 
-use crate::eventfd::EventFd;
 use crate::handshake::{connect, ExportInfo};
 use crate::proto::*;
 use crate::stats::Counters;
 use crate::uri::NbdUri;
+use vmm_sys_util::eventfd::EventFd;
 
 /// Bytes received per `recv` call at most: many replies (or one large read) at once.
 const RECV_BUFFER: usize = 256 * 1024;
@@ -46,7 +46,8 @@ impl Sink {
     pub(crate) fn complete(&self, c: Completion) {
         lock(&self.done).push(c);
         self.ready.notify_one();
-        self.fd.signal();
+        // A full counter (EAGAIN) still wakes the reader.
+        let _ = self.fd.write(1);
     }
 }
 
@@ -182,7 +183,8 @@ impl Worker {
     /// The thread's body: runs until asked to stop with nothing left in flight.
     pub(crate) fn run(mut self) {
         loop {
-            self.shared.wake.drain();
+            // Already clear (EAGAIN) is fine.
+            let _ = self.shared.wake.read();
             self.take_new();
             if self.shared.stop.load(Ordering::Acquire) && self.table.is_empty() {
                 self.disconnect();

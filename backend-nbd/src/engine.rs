@@ -135,7 +135,8 @@ impl Engine for NbdEngine {
             return Ok(());
         }
         lock(&self.conn.queue).append(&mut self.batch);
-        self.conn.wake.signal();
+        // A full counter (EAGAIN) still wakes the thread.
+        let _ = self.conn.wake.write(1);
         Ok(())
     }
 
@@ -168,7 +169,8 @@ impl Engine for NbdEngine {
     }
 
     fn drain_completion_fd(&self) {
-        self.sink.fd.drain();
+        // Already clear (EAGAIN) is fine.
+        let _ = self.sink.fd.read();
     }
 
     fn in_flight(&self) -> usize {

@@ -9,11 +9,11 @@ use backend_raw::Engine;
 
 use crate::connection::{Shared, Sink, Worker};
 use crate::engine::NbdEngine;
-use crate::eventfd::EventFd;
 use crate::handshake::{connect, ExportInfo};
 use crate::stats::{Counters, NbdStats, NbdStatsHandle};
 use crate::uri::NbdUri;
 use crate::NbdError;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// How to open an export.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,7 +116,7 @@ impl NbdExport {
             })?;
         let shared = Arc::new(Shared {
             queue: Mutex::new(Vec::new()),
-            wake: EventFd::new().map_err(NbdError::EventFd)?,
+            wake: EventFd::new(EFD_NONBLOCK).map_err(NbdError::EventFd)?,
             stop: AtomicBool::new(false),
         });
         let worker = Worker::new(
@@ -161,7 +161,7 @@ impl NbdExport {
         let sink = Arc::new(Sink {
             done: Mutex::new(Vec::with_capacity(depth)),
             ready: Condvar::new(),
-            fd: EventFd::new().map_err(NbdError::EventFd)?,
+            fd: EventFd::new(EFD_NONBLOCK).map_err(NbdError::EventFd)?,
         });
         Ok(Box::new(NbdEngine::new(
             self.conns[i].shared.clone(),
@@ -187,7 +187,7 @@ impl Drop for NbdExport {
     fn drop(&mut self) {
         for c in &self.conns {
             c.shared.stop.store(true, Ordering::Release);
-            c.shared.wake.signal();
+            let _ = c.shared.wake.write(1);
         }
         for c in &mut self.conns {
             if let Some(t) = c.thread.take() {

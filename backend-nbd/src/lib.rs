@@ -4,7 +4,6 @@
 mod connection;
 mod engine;
 mod error;
-mod eventfd;
 mod export;
 mod handshake;
 pub mod proto;

@@ -71,7 +71,9 @@ struct Shared {
     poll_in_flight: bool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks `m`, also after a panic in another holder (the data stays consistent between
+/// turns, so a poisoned lock is no reason to stop serving).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 

@@ -24,7 +24,9 @@ mod tests;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
+
+use crate::event_loop::lock;
 
 use blk_proto::RequestType;
 
@@ -258,10 +260,6 @@ pub enum Admission {
     /// Another member of the group has the turn: the group wakes this one when its turn
     /// comes.
     Turn,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A member's handle in a [`ThrottleGroup`].
