@@ -1,23 +1,29 @@
-//! One connection to the server and the thread that drives it: sends requests, matches
-//! replies to them by cookie, and when the connection is lost, reconnects and sends again
-//! what was in flight, failing with `EIO` what waited longer than the reconnect timeout.
+//! One connection to the server: requests in flight matched to their replies by cookie, and,
+//! when the connection is lost, reconnection and sending again of what was in flight, failing
+//! with `EIO` what waited longer than the reconnect timeout.
 //!
-//! Engines hand requests over through [`Shared::queue`] and ring [`Shared::wake`]; the
-//! thread answers through each engine's [`Sink`].
+//! The state ([`Link`]) sits behind a lock the engines' own threads take: an engine writes its
+//! requests to the socket itself and reads the replies itself when epoll reports the socket
+//! readable (the socket is in every engine's epoll set), so a request costs no hand-off
+//! between threads and no wake-up besides the server's reply. The connection's own thread
+//! ([`supervise`]) does what no engine waits for: it finishes a send the socket could not take
+//! at once, notices a server that stalls, reconnects (without holding the lock: engines keep
+//! queueing meanwhile), and fails what outlived its deadline.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use backend_raw::Completion;
+use backend_raw::{Completion, WireTimes};
 
 use crate::handshake::{connect, ExportInfo};
 use crate::proto::*;
 use crate::stats::Counters;
 use crate::uri::NbdUri;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Bytes received per `recv` call at most: many replies (or one large read) at once.
@@ -27,25 +33,31 @@ const SEND_IOVECS: usize = 512;
 /// First and largest pause between reconnection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// epoll tag of the socket in an engine's set (its own eventfd is 0).
+pub(crate) const SOCKET_TAG: u64 = 1;
 
 /// Locks `m`, also after a panic elsewhere: the data (queues of plain values) stays valid.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Where one engine's completions go: a list, a condition variable for `wait` (futex
-/// only, which every sandboxed thread may use) and an eventfd for epoll.
+/// The host's time stamp counter, for the network stages of a request's trace.
+fn rdtsc() -> u64 {
+    // SAFETY: rdtsc has no memory effects and exists on every x86-64 CPU.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Where one engine's completions go when another thread finishes its requests: a list and
+/// an eventfd (in the engine's epoll set) that wakes the engine's thread.
 #[derive(Debug)]
 pub(crate) struct Sink {
     pub done: Mutex<Vec<Completion>>,
-    pub ready: Condvar,
     pub fd: EventFd,
 }
 
 impl Sink {
     pub(crate) fn complete(&self, c: Completion) {
         lock(&self.done).push(c);
-        self.ready.notify_one();
         // A full counter (EAGAIN) still wakes the reader.
         let _ = self.fd.write(1);
     }
@@ -55,8 +67,8 @@ impl Sink {
 pub(crate) struct Buffers(pub Vec<libc::iovec>);
 
 // SAFETY: the iovecs point at memory the engine's caller lent to this request until its
-// completion is reaped (the contract of `Engine::submit`); only the one thread that owns
-// the request touches that memory meanwhile.
+// completion is reaped (the contract of `Engine::submit`); only the thread holding the
+// connection's lock touches that memory meanwhile.
 unsafe impl Send for Buffers {}
 
 /// A request as an engine hands it to the connection.
@@ -73,15 +85,32 @@ pub(crate) struct Submitted {
 /// The iovec array of one `sendmsg`, kept to reuse its allocation.
 struct Scratch(Vec<libc::iovec>);
 
-// SAFETY: the pointers are only used during the `sendmsg` that follows their filling, on
-// the thread that filled them; the array is cleared before each use.
+// SAFETY: the pointers are only used during the `sendmsg` that follows their filling, by
+// the thread that filled them under the connection's lock; the array is cleared before use.
 unsafe impl Send for Scratch {}
 
-/// What engines and the connection thread share.
+/// What engines and the connection's thread share.
 pub(crate) struct Shared {
-    pub queue: Mutex<Vec<Submitted>>,
+    pub link: Mutex<Link>,
+    /// Rings the connection's thread: a send to finish, a connection to re-establish, stop.
     pub wake: EventFd,
     pub stop: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn new(link: Link, wake: EventFd) -> Shared {
+        Shared {
+            link: Mutex::new(link),
+            wake,
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    /// Asks the connection's thread to look at the link.
+    pub(crate) fn ring(&self) {
+        // A full counter (EAGAIN) still wakes the thread.
+        let _ = self.wake.write(1);
+    }
 }
 
 struct Pending {
@@ -89,6 +118,9 @@ struct Pending {
     wire: [u8; REQUEST_LEN],
     /// Fully written to the current connection: a reply may come.
     sent: bool,
+    /// When it was fully written, and when its reply header arrived (host TSC).
+    sent_tsc: u64,
+    reply_tsc: u64,
     /// Fail with `EIO` if not answered by then (set once the request meets a lost
     /// connection; requests on a healthy connection wait as long as it makes progress).
     deadline: Option<Instant>,
@@ -106,7 +138,7 @@ impl Pending {
 
 enum Rx {
     Header,
-    /// Copying a read's data into its buffers; `skip` discards it instead.
+    /// Copying a read's data into its buffers.
     Payload {
         cookie: u64,
         got: usize,
@@ -125,13 +157,22 @@ struct Live {
 /// Why a connection was dropped (for the log line).
 type Lost = String;
 
-/// The state of one connection, owned by its thread.
-pub(crate) struct Worker {
-    pub uri: NbdUri,
-    pub timeout: Duration,
-    pub info: ExportInfo,
-    pub shared: Arc<Shared>,
-    pub counters: Arc<Counters>,
+/// What a thread that used the link must do next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Nothing: the socket took every byte, or nothing was to be done.
+    Done,
+    /// The connection's thread must act: bytes wait for room in the socket, or the
+    /// connection is down.
+    Ring,
+}
+
+/// The state of one connection.
+pub(crate) struct Link {
+    uri: NbdUri,
+    timeout: Duration,
+    info: ExportInfo,
+    counters: Arc<Counters>,
     table: HashMap<u64, Pending>,
     send: VecDeque<u64>,
     next_cookie: u64,
@@ -144,22 +185,22 @@ pub(crate) struct Worker {
     iov: Scratch,
     /// Whether the last loss was already logged (one line per outage, not per attempt).
     logged_outage: bool,
+    /// The epoll sets of the engines on this connection; each live socket joins them all.
+    watchers: Vec<Weak<Epoll>>,
 }
 
-impl Worker {
+impl Link {
     pub(crate) fn new(
         uri: NbdUri,
         timeout: Duration,
         info: ExportInfo,
         fd: OwnedFd,
-        shared: Arc<Shared>,
         counters: Arc<Counters>,
-    ) -> Worker {
-        Worker {
+    ) -> Link {
+        Link {
             uri,
             timeout,
             info,
-            shared,
             counters,
             table: HashMap::new(),
             send: VecDeque::new(),
@@ -177,40 +218,55 @@ impl Worker {
             end: 0,
             iov: Scratch(Vec::with_capacity(SEND_IOVECS)),
             logged_outage: false,
+            watchers: Vec::new(),
         }
     }
 
-    /// The thread's body: runs until asked to stop with nothing left in flight.
-    pub(crate) fn run(mut self) {
-        loop {
-            // Already clear (EAGAIN) is fine.
-            let _ = self.shared.wake.read();
-            self.take_new();
-            if self.shared.stop.load(Ordering::Acquire) && self.table.is_empty() {
-                self.disconnect();
-                return;
-            }
-            if self.live.is_some() {
-                if let Err(why) = self.pump() {
-                    self.lose(why);
-                }
-            } else {
-                // Expire first: a request that outlived its deadline is not sent again, even
-                // if the server is back (it may be the server that keeps failing it).
-                self.expire(Instant::now());
-                if Instant::now() >= self.next_attempt {
-                    self.reconnect();
-                }
-            }
-            self.sleep();
+    /// Adds an engine's epoll set: the socket, now and after each reconnection, joins it.
+    pub(crate) fn watch(&mut self, epoll: &Arc<Epoll>) -> io::Result<()> {
+        if let Some(live) = &self.live {
+            add_socket(epoll, &live.fd)?;
+        }
+        self.watchers.retain(|w| w.strong_count() > 0);
+        self.watchers.push(Arc::downgrade(epoll));
+        Ok(())
+    }
+
+    /// Queues an engine's batch and writes what the socket takes now.
+    pub(crate) fn submit(&mut self, new: &mut Vec<Submitted>) -> Next {
+        self.enqueue(new);
+        if self.live.is_none() {
+            return Next::Ring;
+        }
+        if let Err(why) = self.transmit() {
+            self.lose(why);
+            return Next::Ring;
+        }
+        match self.send.is_empty() {
+            true => Next::Done,
+            false => Next::Ring,
         }
     }
 
-    fn take_new(&mut self) {
-        let new = std::mem::take(&mut *lock(&self.shared.queue));
+    /// Takes in the replies that arrived, without blocking. Completions for `own` go to its
+    /// list without ringing its eventfd: its thread is the one receiving and reaps next.
+    pub(crate) fn receive_for(&mut self, own: &Sink) -> Next {
+        if self.live.is_none() {
+            return Next::Done;
+        }
+        match self.receive(Some(own)) {
+            Ok(()) => Next::Done,
+            Err(why) => {
+                self.lose(why);
+                Next::Ring
+            }
+        }
+    }
+
+    fn enqueue(&mut self, new: &mut Vec<Submitted>) {
         let down_since = self.live.is_none().then(Instant::now);
         let awaiting_before = self.table.len();
-        for req in new {
+        for req in new.drain(..) {
             let cookie = self.next_cookie;
             self.next_cookie = self.next_cookie.wrapping_add(1);
             let wire = RequestHeader {
@@ -227,6 +283,8 @@ impl Worker {
                     req,
                     wire,
                     sent: false,
+                    sent_tsc: 0,
+                    reply_tsc: 0,
                     deadline: down_since.map(|t| t + self.timeout),
                 },
             );
@@ -239,10 +297,11 @@ impl Worker {
         }
     }
 
-    /// Sends what it can and takes in what arrived, without blocking.
+    /// Sends what it can and takes in what arrived, without blocking; drops a stalled
+    /// connection.
     fn pump(&mut self) -> Result<(), Lost> {
         self.transmit()?;
-        self.receive()?;
+        self.receive(None)?;
         let live = self.live.as_ref().expect("pump runs connected");
         let awaiting = self.table.values().any(|p| p.sent) || !self.send.is_empty();
         if awaiting && live.progress.elapsed() > self.timeout {
@@ -312,6 +371,7 @@ impl Worker {
                 if n >= left {
                     n -= left;
                     p.sent = true;
+                    p.sent_tsc = rdtsc();
                     live.tx_pos = 0;
                     self.send.pop_front();
                 } else {
@@ -323,7 +383,7 @@ impl Worker {
         Ok(())
     }
 
-    fn receive(&mut self) -> Result<(), Lost> {
+    fn receive(&mut self, own: Option<&Sink>) -> Result<(), Lost> {
         loop {
             let Some(live) = &mut self.live else {
                 return Ok(());
@@ -358,12 +418,12 @@ impl Worker {
             }
             live.progress = Instant::now();
             self.end += n as usize;
-            self.parse()?;
+            self.parse(own)?;
         }
     }
 
     /// Consumes whole replies (and partial read payloads) from the receive buffer.
-    fn parse(&mut self) -> Result<(), Lost> {
+    fn parse(&mut self, own: Option<&Sink>) -> Result<(), Lost> {
         loop {
             let avail = self.end - self.start;
             let live = self.live.as_mut().expect("parse runs connected");
@@ -381,7 +441,7 @@ impl Worker {
                     let reply = SimpleReply::decode(&h).ok_or_else(|| {
                         violation("bad reply magic (a broken or hostile server)".into())
                     })?;
-                    let p = match self.table.get(&reply.cookie) {
+                    let p = match self.table.get_mut(&reply.cookie) {
                         Some(p) if p.sent => p,
                         _ => {
                             return Err(violation(format!(
@@ -391,6 +451,7 @@ impl Worker {
                         }
                     };
                     self.start += SIMPLE_REPLY_LEN;
+                    p.reply_tsc = rdtsc();
                     if reply.error == NBD_ESHUTDOWN {
                         return Err("the server is shutting down".into());
                     }
@@ -398,7 +459,7 @@ impl Worker {
                         // A failed read carries no data (proto.md: data only when error is
                         // zero); the request alone fails.
                         Counters::add(&self.counters.error_replies, 1);
-                        self.finish(reply.cookie, Err(libc::EIO));
+                        self.finish(reply.cookie, Err(libc::EIO), own);
                     } else if p.req.kind == NBD_CMD_READ && p.req.length > 0 {
                         live.rx = Rx::Payload {
                             cookie: reply.cookie,
@@ -409,7 +470,7 @@ impl Worker {
                             NBD_CMD_READ | NBD_CMD_WRITE => p.req.length,
                             _ => 0,
                         };
-                        self.finish(reply.cookie, Ok(len));
+                        self.finish(reply.cookie, Ok(len), own);
                     }
                 }
                 Rx::Payload { cookie, got } => {
@@ -427,7 +488,7 @@ impl Worker {
                     self.start += n;
                     if got + n == total {
                         live.rx = Rx::Header;
-                        self.finish(cookie, Ok(total as u32));
+                        self.finish(cookie, Ok(total as u32), own);
                     } else {
                         live.rx = Rx::Payload {
                             cookie,
@@ -439,12 +500,22 @@ impl Worker {
         }
     }
 
-    fn finish(&mut self, cookie: u64, result: Result<u32, i32>) {
-        if let Some(p) = self.table.remove(&cookie) {
-            p.req.sink.complete(Completion {
-                user_data: p.req.user_data,
-                result,
-            });
+    fn finish(&mut self, cookie: u64, result: Result<u32, i32>, own: Option<&Sink>) {
+        let Some(p) = self.table.remove(&cookie) else {
+            return;
+        };
+        let wire = (p.reply_tsc != 0).then_some(WireTimes {
+            sent_tsc: p.sent_tsc,
+            reply_tsc: p.reply_tsc,
+        });
+        let c = Completion {
+            user_data: p.req.user_data,
+            result,
+            wire,
+        };
+        match own {
+            Some(own) if std::ptr::eq(own, &*p.req.sink) => lock(&own.done).push(c),
+            _ => p.req.sink.complete(c),
         }
     }
 
@@ -468,6 +539,7 @@ impl Worker {
         for c in &cookies {
             let p = self.table.get_mut(c).expect("listed");
             p.sent = false;
+            p.reply_tsc = 0;
             p.deadline.get_or_insert(deadline);
         }
         self.send = cookies.into();
@@ -475,29 +547,8 @@ impl Worker {
         self.backoff = BACKOFF_MIN;
     }
 
-    fn reconnect(&mut self) {
-        let attempt = connect(&self.uri, self.timeout.min(Duration::from_secs(2))).and_then(
-            |(stream, info)| {
-                if info.size != self.info.size {
-                    return Err(crate::NbdError::Changed {
-                        target: self.uri.to_string(),
-                        what: format!("size {} became {}", self.info.size, info.size),
-                    });
-                }
-                if info.readonly() && !self.info.readonly() {
-                    return Err(crate::NbdError::Changed {
-                        target: self.uri.to_string(),
-                        what: "it became read-only".into(),
-                    });
-                }
-                stream
-                    .into_nonblocking_fd()
-                    .map_err(|source| crate::NbdError::Io {
-                        target: self.uri.to_string(),
-                        source,
-                    })
-            },
-        );
+    /// Installs the outcome of a connection attempt made without the lock.
+    fn connected(&mut self, attempt: Result<OwnedFd, crate::NbdError>) {
         match attempt {
             Ok(fd) => {
                 Counters::add(&self.counters.reconnects, 1);
@@ -508,6 +559,15 @@ impl Worker {
                     self.table.len()
                 );
                 self.logged_outage = false;
+                self.watchers.retain(|w| w.strong_count() > 0);
+                for epoll in self.watchers.iter().filter_map(Weak::upgrade) {
+                    if let Err(e) = add_socket(&epoll, &fd) {
+                        // That engine would never hear its replies: better no connection.
+                        eprintln!("nbd {}: cannot watch the new connection: {e}", self.uri);
+                        self.retry_later();
+                        return;
+                    }
+                }
                 // Requests that met this outage keep their deadline: one more loss and
                 // they fail rather than wait forever on a server that keeps dropping.
                 self.live = Some(Live {
@@ -521,10 +581,14 @@ impl Worker {
                 if matches!(e, crate::NbdError::Changed { .. }) {
                     eprintln!("nbd {}: {e}", self.uri);
                 }
-                self.next_attempt = Instant::now() + self.backoff;
-                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                self.retry_later();
             }
         }
+    }
+
+    fn retry_later(&mut self) {
+        self.next_attempt = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
     }
 
     /// Fails with `EIO` the requests whose deadline passed while disconnected.
@@ -544,51 +608,35 @@ impl Worker {
         Counters::add(&self.counters.timed_out_requests, late.len() as u64);
         self.send.retain(|c| !late.contains(c));
         for c in late {
-            self.finish(c, Err(libc::EIO));
+            self.finish(c, Err(libc::EIO), None);
         }
     }
 
-    fn sleep(&mut self) {
-        let now = Instant::now();
-        let wake = libc::pollfd {
-            fd: self.shared.wake.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let mut fds = [wake, wake];
-        let (n, until) = match &self.live {
+    /// How the connection's thread sleeps: the socket to watch for room (with bytes waiting to
+    /// be sent), and until when (a stall check, a deadline or the next attempt).
+    fn sleep_plan(&self, stopping: bool) -> (Option<libc::c_int>, Option<Instant>) {
+        match &self.live {
             Some(live) => {
-                let mut events = libc::POLLIN;
-                if !self.send.is_empty() {
-                    events |= libc::POLLOUT;
-                }
-                fds[1] = libc::pollfd {
-                    fd: live.fd.as_raw_fd(),
-                    events,
-                    revents: 0,
+                let fd = (!self.send.is_empty()).then(|| live.fd.as_raw_fd());
+                // Engines send without ringing this thread, so it looks in on its own: with
+                // requests waiting, when they would count as stalled; else often enough
+                // that a request sent meanwhile is seen stalled within half a timeout late.
+                let until = match self.table.is_empty() {
+                    false => live.progress + self.timeout,
+                    true => Instant::now() + self.timeout / 2,
                 };
-                let until = (!self.table.is_empty()).then(|| live.progress + self.timeout);
-                (2usize, until)
+                (fd, Some(until))
             }
             None => {
                 let first_deadline = self.table.values().filter_map(|p| p.deadline).min();
                 let until = match first_deadline {
-                    Some(d) => Some(d.min(self.next_attempt)),
-                    None if self.shared.stop.load(Ordering::Acquire) => Some(now),
-                    None => Some(self.next_attempt),
+                    Some(d) => d.min(self.next_attempt),
+                    None if stopping => Instant::now(),
+                    None => self.next_attempt,
                 };
-                (1usize, until)
+                (None, Some(until))
             }
-        };
-        let timeout_ms = match until {
-            None => -1,
-            Some(t) => {
-                let ms = t.saturating_duration_since(now).as_millis() + 1;
-                i32::try_from(ms).unwrap_or(i32::MAX)
-            }
-        };
-        // SAFETY: `fds` holds `n` valid pollfds. EINTR just ends the sleep early.
-        let _ = unsafe { libc::poll(fds.as_mut_ptr(), n as libc::nfds_t, timeout_ms) };
+        }
     }
 
     /// A polite goodbye (`NBD_CMD_DISC`) when the export is closed.
@@ -614,6 +662,100 @@ impl Worker {
             };
         }
     }
+}
+
+/// Adds a connection's socket to an engine's epoll set.
+fn add_socket(epoll: &Epoll, fd: &OwnedFd) -> io::Result<()> {
+    epoll.ctl(
+        ControlOperation::Add,
+        fd.as_raw_fd(),
+        EpollEvent::new(EventSet::IN, SOCKET_TAG),
+    )
+}
+
+/// Connects again and checks that the export is the one the device was built on.
+fn attempt(uri: &NbdUri, timeout: Duration, was: ExportInfo) -> Result<OwnedFd, crate::NbdError> {
+    let (stream, info) = connect(uri, timeout.min(Duration::from_secs(2)))?;
+    if info.size != was.size {
+        return Err(crate::NbdError::Changed {
+            target: uri.to_string(),
+            what: format!("size {} became {}", was.size, info.size),
+        });
+    }
+    if info.readonly() && !was.readonly() {
+        return Err(crate::NbdError::Changed {
+            target: uri.to_string(),
+            what: "it became read-only".into(),
+        });
+    }
+    stream
+        .into_nonblocking_fd()
+        .map_err(|source| crate::NbdError::Io {
+            target: uri.to_string(),
+            source,
+        })
+}
+
+/// The body of a connection's thread: runs until asked to stop with nothing left in flight.
+pub(crate) fn supervise(shared: Arc<Shared>) {
+    loop {
+        // Already clear (EAGAIN) is fine.
+        let _ = shared.wake.read();
+        let stopping = shared.stop.load(Ordering::Acquire);
+        let mut link = lock(&shared.link);
+        if stopping && link.table.is_empty() {
+            link.disconnect();
+            return;
+        }
+        if link.live.is_some() {
+            if let Err(why) = link.pump() {
+                link.lose(why);
+            }
+        }
+        if link.live.is_none() {
+            // Expire first: a request that outlived its deadline is not sent again, even
+            // if the server is back (it may be the server that keeps failing it).
+            link.expire(Instant::now());
+            if Instant::now() >= link.next_attempt {
+                let (uri, timeout, info) = (link.uri.clone(), link.timeout, link.info);
+                // Hold off the next attempt while this one runs; engines keep queueing.
+                link.next_attempt = Instant::now() + timeout;
+                drop(link);
+                let outcome = attempt(&uri, timeout, info);
+                lock(&shared.link).connected(outcome);
+                continue;
+            }
+        }
+        let (fd, until) = link.sleep_plan(stopping);
+        drop(link);
+        sleep(&shared.wake, fd, until);
+    }
+}
+
+/// Sleeps until the wake eventfd rings, `socket` (if any) has room, or `until`.
+fn sleep(wake: &EventFd, socket: Option<libc::c_int>, until: Option<Instant>) {
+    let mut fds = [
+        libc::pollfd {
+            fd: wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            // A negative fd is ignored by poll.
+            fd: socket.unwrap_or(-1),
+            events: libc::POLLOUT,
+            revents: 0,
+        },
+    ];
+    let timeout_ms = match until {
+        None => -1,
+        Some(t) => {
+            let ms = t.saturating_duration_since(Instant::now()).as_millis() + 1;
+            i32::try_from(ms).unwrap_or(i32::MAX)
+        }
+    };
+    // SAFETY: `fds` holds two valid pollfds. EINTR just ends the sleep early.
+    let _ = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
 }
 
 /// Appends `len` bytes at `base` to `iov`, less the first `*skip` bytes (already sent).

@@ -1,23 +1,32 @@
-//! [`NbdEngine`]: the `Engine` a device queue drives; it hands requests to a connection's
-//! thread and collects their completions from an eventfd of its own.
+//! [`NbdEngine`]: the `Engine` a device queue drives; its thread writes the requests to the
+//! connection's socket and reads the replies itself.
 
+use std::cell::Cell;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use backend_raw::{Completion, Engine, EngineKind, Error, IoOp, MAX_IOVECS};
 
-use crate::connection::{lock, Buffers, Shared, Sink, Submitted};
+use crate::connection::{lock, Buffers, Next, Shared, Sink, Submitted};
 use crate::handshake::ExportInfo;
 use crate::proto::*;
+use vmm_sys_util::epoll::{Epoll, EpollEvent};
 
 /// An engine over one connection of an export ([`NbdExport::engine`](crate::NbdExport::engine)).
 ///
-/// Requests are pipelined: [`flush_submissions`](Engine::flush_submissions) hands the batch
-/// to the connection's thread with one wake-up, and completions arrive in any order.
-/// Several engines may share a connection; each has its own completion eventfd.
+/// Requests are pipelined: [`flush_submissions`](Engine::flush_submissions) writes the batch
+/// to the socket from the calling thread, and completions arrive in any order, read from the
+/// socket by [`reap`](Engine::reap) when the [`completion_fd`](Engine::completion_fd) (an
+/// epoll set of the socket and the engine's eventfd) is readable. Several engines may share
+/// a connection; whoever reads a reply hands it to the engine it belongs to.
 pub struct NbdEngine {
     conn: Arc<Shared>,
     sink: Arc<Sink>,
+    /// The socket and the sink's eventfd: readable when there is something to reap.
+    epoll: Arc<Epoll>,
+    /// epoll reported the set since the last reap: the socket may hold a reply (or the
+    /// server's close) even with nothing of ours in flight.
+    poked: Cell<bool>,
     info: ExportInfo,
     batch: Vec<Submitted>,
     in_flight: usize,
@@ -30,6 +39,7 @@ impl NbdEngine {
     pub(crate) fn new(
         conn: Arc<Shared>,
         sink: Arc<Sink>,
+        epoll: Arc<Epoll>,
         info: ExportInfo,
         depth: usize,
         blocking: bool,
@@ -37,6 +47,8 @@ impl NbdEngine {
         NbdEngine {
             conn,
             sink,
+            epoll,
+            poked: Cell::new(false),
             info,
             batch: Vec::with_capacity(depth),
             in_flight: 0,
@@ -45,11 +57,18 @@ impl NbdEngine {
         }
     }
 
+    /// Reads the replies that arrived (without blocking), when some may have.
+    fn receive(&self) {
+        if self.in_flight == 0 && !self.poked.replace(false) {
+            return;
+        }
+        if lock(&self.conn.link).receive_for(&self.sink) == Next::Ring {
+            self.conn.ring();
+        }
+    }
+
     fn fail_now(&mut self, user_data: u64, errno: i32) {
-        self.sink.complete(Completion {
-            user_data,
-            result: Err(errno),
-        });
+        self.sink.complete(Completion::new(user_data, Err(errno)));
     }
 
     /// The wire command for `op`, or the errno it fails with here.
@@ -107,10 +126,7 @@ impl Engine for NbdEngine {
             return Ok(());
         }
         match self.command(op, len) {
-            Err(0) => self.sink.complete(Completion {
-                user_data,
-                result: Ok(0),
-            }),
+            Err(0) => self.sink.complete(Completion::new(user_data, Ok(0))),
             Err(errno) => self.fail_now(user_data, errno),
             Ok((kind, flags, offset, length)) => {
                 self.batch.push(Submitted {
@@ -134,13 +150,14 @@ impl Engine for NbdEngine {
         if self.batch.is_empty() {
             return Ok(());
         }
-        lock(&self.conn.queue).append(&mut self.batch);
-        // A full counter (EAGAIN) still wakes the thread.
-        let _ = self.conn.wake.write(1);
+        if lock(&self.conn.link).submit(&mut self.batch) == Next::Ring {
+            self.conn.ring();
+        }
         Ok(())
     }
 
     fn reap(&mut self, out: &mut Vec<Completion>) -> usize {
+        self.receive();
         let mut done = lock(&self.sink.done);
         let n = done.len();
         out.append(&mut done);
@@ -150,26 +167,30 @@ impl Engine for NbdEngine {
 
     fn wait(&mut self) -> Result<(), Error> {
         self.flush_submissions()?;
-        let mut done = lock(&self.sink.done);
-        while self.in_flight > 0 && done.is_empty() {
-            done = self
-                .sink
-                .ready
-                .wait(done)
-                .unwrap_or_else(|p| p.into_inner());
+        let mut events = [EpollEvent::default(); 2];
+        loop {
+            self.receive();
+            if self.in_flight == 0 || !lock(&self.sink.done).is_empty() {
+                return Ok(());
+            }
+            // EINTR: look again. Other errors cannot happen on a valid set.
+            let _ = self.epoll.wait(-1, &mut events);
+            self.poked.set(true);
+            // Already clear (EAGAIN) is fine; a completion after this read rings it again.
+            let _ = self.sink.fd.read();
         }
-        Ok(())
     }
 
     fn completion_fd(&self) -> Option<RawFd> {
         if self.blocking {
             return None;
         }
-        Some(self.sink.fd.as_raw_fd())
+        Some(self.epoll.as_raw_fd())
     }
 
     fn drain_completion_fd(&self) {
-        // Already clear (EAGAIN) is fine.
+        self.poked.set(true);
+        // Already clear (EAGAIN) is fine. The socket's readiness clears as `reap` reads it.
         let _ = self.sink.fd.read();
     }
 
@@ -184,6 +205,12 @@ impl Engine for NbdEngine {
     /// `Sync` when built blocking (requests complete inside `submit`), else `IoUring`:
     /// callers read the kind as the completion model (asynchronous, with an eventfd), which
     /// is what an NBD engine shares with io_uring.
+    /// No: the server needs the CPU a spinning thread would take, and each look at the
+    /// socket is a system call.
+    fn spin_for_completions(&self) -> bool {
+        false
+    }
+
     fn kind(&self) -> EngineKind {
         match self.blocking {
             true => EngineKind::Sync,

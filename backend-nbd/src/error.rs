@@ -53,7 +53,7 @@ pub enum NbdError {
     /// The I/O thread of a connection could not be started.
     #[error("cannot start the NBD connection thread: {0}")]
     Thread(io::Error),
-    /// An eventfd could not be created.
-    #[error("cannot create an eventfd: {0}")]
+    /// An eventfd or an epoll set could not be created.
+    #[error("cannot create an eventfd or epoll set: {0}")]
     EventFd(io::Error),
 }

@@ -1,18 +1,20 @@
 //! [`NbdExport`]: an export opened over one or more connections, each with its thread.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use backend_raw::Engine;
 
-use crate::connection::{Shared, Sink, Worker};
+use crate::connection::{lock, supervise, Link, Shared, Sink};
 use crate::engine::NbdEngine;
 use crate::handshake::{connect, ExportInfo};
 use crate::stats::{Counters, NbdStats, NbdStatsHandle};
 use crate::uri::NbdUri;
 use crate::NbdError;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// How to open an export.
@@ -114,22 +116,19 @@ impl NbdExport {
                 target: self.uri.to_string(),
                 source,
             })?;
-        let shared = Arc::new(Shared {
-            queue: Mutex::new(Vec::new()),
-            wake: EventFd::new(EFD_NONBLOCK).map_err(NbdError::EventFd)?,
-            stop: AtomicBool::new(false),
-        });
-        let worker = Worker::new(
+        let link = Link::new(
             self.uri.clone(),
             timeout,
             self.info,
             fd,
-            shared.clone(),
             self.counters.clone(),
         );
+        let wake = EventFd::new(EFD_NONBLOCK).map_err(NbdError::EventFd)?;
+        let shared = Arc::new(Shared::new(link, wake));
+        let theirs = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("nbd-conn{}", self.conns.len()))
-            .spawn(move || worker.run())
+            .spawn(move || supervise(theirs))
             .map_err(NbdError::Thread)?;
         self.conns.push(Connection {
             shared,
@@ -160,12 +159,24 @@ impl NbdExport {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
         let sink = Arc::new(Sink {
             done: Mutex::new(Vec::with_capacity(depth)),
-            ready: Condvar::new(),
             fd: EventFd::new(EFD_NONBLOCK).map_err(NbdError::EventFd)?,
         });
+        let epoll = Arc::new(Epoll::new().map_err(NbdError::EventFd)?);
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                sink.fd.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, 0),
+            )
+            .map_err(NbdError::EventFd)?;
+        let shared = &self.conns[i].shared;
+        lock(&shared.link)
+            .watch(&epoll)
+            .map_err(NbdError::EventFd)?;
         Ok(Box::new(NbdEngine::new(
-            self.conns[i].shared.clone(),
+            shared.clone(),
             sink,
+            epoll,
             self.info,
             depth.max(1),
             blocking,
@@ -187,7 +198,7 @@ impl Drop for NbdExport {
     fn drop(&mut self) {
         for c in &self.conns {
             c.shared.stop.store(true, Ordering::Release);
-            let _ = c.shared.wake.write(1);
+            c.shared.ring();
         }
         for c in &mut self.conns {
             if let Some(t) = c.thread.take() {

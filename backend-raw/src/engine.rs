@@ -65,6 +65,37 @@ pub struct Completion {
     /// (`EIO` for a read that hit the end of the file, `EBADF` for a write to a read-only
     /// disk, `EINVAL` for a request outside the disk or with too many iovecs, ...).
     pub result: Result<u32, i32>,
+    /// For an engine that talks to a server: when the request went out and its answer came
+    /// back (the network round trip and the server's work), for a request's trace.
+    pub wire: Option<WireTimes>,
+}
+
+impl Completion {
+    /// A completion with no network stages (a local engine's).
+    ///
+    /// ```
+    /// use backend_raw::Completion;
+    /// let c = Completion::new(7, Ok(4096));
+    /// assert!(c.wire.is_none());
+    /// ```
+    pub const fn new(user_data: u64, result: Result<u32, i32>) -> Self {
+        Completion {
+            user_data,
+            result,
+            wire: None,
+        }
+    }
+}
+
+/// When a request of an engine over the network was fully written to its server and when
+/// the header of the server's reply arrived, in host time stamp counter ticks (the clock of
+/// `blk-device`'s traces).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WireTimes {
+    /// The request's last byte went to the socket.
+    pub sent_tsc: u64,
+    /// The reply's header came in.
+    pub reply_tsc: u64,
 }
 
 /// Which engine [`Disk::engine`](crate::Disk::engine) builds.
@@ -190,4 +221,12 @@ pub trait Engine: Send {
 
     /// Which engine this is.
     fn kind(&self) -> EngineKind;
+
+    /// Whether a thread may spin waiting for this engine's completions rather than sleep.
+    /// `false` for an engine whose requests another process of this host answers (a
+    /// network block server reached over a local socket, or the host's network stack): a
+    /// spinning thread takes the CPU that work needs, and looking costs a system call.
+    fn spin_for_completions(&self) -> bool {
+        true
+    }
 }

@@ -115,7 +115,7 @@ impl FaultEngine {
     fn inject(&mut self, user_data: u64, result: Result<u32, i32>) {
         self.inner.reap(&mut self.scratch);
         self.ready.extend(self.scratch.drain(..));
-        self.ready.push_back(Completion { user_data, result });
+        self.ready.push_back(Completion::new(user_data, result));
         self.injected += 1;
         if let Some(fd) = self.inner.completion_fd() {
             signal(fd);
@@ -206,5 +206,9 @@ impl Engine for FaultEngine {
 
     fn kind(&self) -> EngineKind {
         self.inner.kind()
+    }
+
+    fn spin_for_completions(&self) -> bool {
+        self.inner.spin_for_completions()
     }
 }

@@ -296,6 +296,10 @@ impl Engine for LogEngine {
     fn kind(&self) -> EngineKind {
         self.inner.kind()
     }
+
+    fn spin_for_completions(&self) -> bool {
+        self.inner.spin_for_completions()
+    }
 }
 
 #[cfg(test)]

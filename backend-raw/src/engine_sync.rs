@@ -38,7 +38,7 @@ impl Engine for SyncEngine {
         }
         // SAFETY: forwarded from the caller; the request ends before this call returns.
         let result = unsafe { self.io.execute(op, iovecs) };
-        self.done.push_back(Completion { user_data, result });
+        self.done.push_back(Completion::new(user_data, result));
         Ok(())
     }
 

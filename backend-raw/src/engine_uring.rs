@@ -115,7 +115,7 @@ impl UringEngine {
 
     /// Queues a completion that did not go through the ring, and wakes epoll for it.
     fn complete_local(&mut self, user_data: u64, result: Result<u32, i32>) {
-        self.ready.push_back(Completion { user_data, result });
+        self.ready.push_back(Completion::new(user_data, result));
         self.in_flight += 1;
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from `one`. A full counter (EAGAIN) is already readable.
@@ -196,10 +196,8 @@ impl UringEngine {
             };
             // SAFETY: the slot's request has not been reaped yet, so its memory is valid.
             let result = unsafe { finish(slot, &mut self.blocking, cqe.result()) };
-            self.ready.push_back(Completion {
-                user_data: slot.user_data,
-                result,
-            });
+            self.ready
+                .push_back(Completion::new(slot.user_data, result));
             self.free.push(index as u32);
             self.in_kernel -= 1;
         }

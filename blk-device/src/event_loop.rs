@@ -222,10 +222,13 @@ impl Shared {
             if poller.enabled() && may_poll == Some(true) {
                 // Requests in flight: keep watching the rings and the engine across the
                 // disk's latency (the driver does not kick meanwhile: kicks stay disabled
-                // while this thread is awake). Nothing in flight: the idle window.
+                // while this thread is awake), unless the engine's answer needs this CPU
+                // (an NBD server on this host). Nothing in flight: the idle window.
                 let in_flight = self.poll_in_flight
                     && self.each(false, |any, q| {
-                        any | (!q.service.is_limited() && q.service.in_flight() > 0)
+                        any | (!q.service.is_limited()
+                            && q.service.in_flight() > 0
+                            && q.service.spin_in_flight())
                     });
                 let found = if in_flight {
                     flight.poll(|| self.turn() || self.stopped())

@@ -112,6 +112,10 @@ impl Scheduler for Handoff {
         self.pool.may_poll()
     }
 
+    fn spin_in_flight(&self) -> bool {
+        self.inline.spin_in_flight()
+    }
+
     fn prepare_sleep(&self) -> bool {
         self.pool.prepare_sleep()
     }

@@ -438,6 +438,11 @@ impl InFlightTable {
         let _ = self.engine.wait();
     }
 
+    /// Whether waiting for the engine may spin ([`Engine::spin_for_completions`]).
+    pub fn spin_for_completions(&self) -> bool {
+        self.engine.spin_for_completions()
+    }
+
     /// The engine's completion eventfd, for epoll.
     pub fn completion_fd(&self) -> Option<RawFd> {
         self.engine.completion_fd()
@@ -485,20 +490,14 @@ mod tests {
         }
         fn reap(&mut self, out: &mut Vec<Completion>) -> usize {
             if let Some(user_data) = self.duplicate.take() {
-                out.push(Completion {
-                    user_data,
-                    result: Ok(0),
-                });
+                out.push(Completion::new(user_data, Ok(0)));
                 return 1;
             }
             let Some((user_data, offset)) = self.pending.pop_front() else {
                 return 0;
             };
             self.done.lock().unwrap().push(offset as u16);
-            out.push(Completion {
-                user_data,
-                result: Ok(0),
-            });
+            out.push(Completion::new(user_data, Ok(0)));
             self.duplicate = Some(user_data);
             1
         }
@@ -625,7 +624,7 @@ mod tests {
                 }
                 Ok(len as u32)
             };
-            self.done.push_back(Completion { user_data, result });
+            self.done.push_back(Completion::new(user_data, result));
             Ok(())
         }
         fn flush_submissions(&mut self) -> Result<(), backend_raw::Error> {

@@ -436,10 +436,7 @@ mod tests {
                 let i = (self.next() as usize) % self.pending.len();
                 let (user_data, offset) = self.pending.swap_remove(i);
                 self.log.lock().unwrap().push(offset as u16);
-                out.push(Completion {
-                    user_data,
-                    result: Ok(0),
-                });
+                out.push(Completion::new(user_data, Ok(0)));
             }
             n
         }

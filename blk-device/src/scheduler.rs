@@ -62,6 +62,12 @@ pub trait Scheduler: Send + std::fmt::Debug {
         true
     }
 
+    /// Whether spinning while jobs are in flight can catch their completions sooner than a
+    /// sleep (see [`backend_raw::Engine::spin_for_completions`]).
+    fn spin_in_flight(&self) -> bool {
+        true
+    }
+
     /// The serving thread is about to sleep in epoll; `true` if finished jobs already wait
     /// (then it must not sleep).
     fn prepare_sleep(&self) -> bool {
@@ -138,6 +144,10 @@ impl Scheduler for Inline {
 
     fn completion_fds(&self) -> [Option<RawFd>; 2] {
         [self.table.completion_fd(), None]
+    }
+
+    fn spin_in_flight(&self) -> bool {
+        self.table.spin_for_completions()
     }
 
     fn drain_completion_fds(&self) {

@@ -348,6 +348,12 @@ impl QueueService {
         self.throttle.is_some()
     }
 
+    /// Whether spinning while requests are in flight can pay off (see
+    /// [`Scheduler::spin_in_flight`]).
+    pub fn spin_in_flight(&self) -> bool {
+        self.scheduler.spin_in_flight()
+    }
+
     /// Whether busy-polling can pay off now (see [`Scheduler::may_poll`]).
     pub fn may_poll(&self) -> bool {
         self.parked.is_none() && self.scheduler.may_poll()

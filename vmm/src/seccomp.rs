@@ -488,8 +488,8 @@ fn running_thread(r: &mut Rules) -> Result<(), BackendError> {
     r.allow_if(libc::SYS_openat, vec![opens_for_reading()?])
 }
 
-/// What the engines (backend-raw) do per request: sync `preadv`/`pwritev`/`fallocate`/
-/// `fdatasync` (and `BLKDISCARD` on a block device), io_uring `io_uring_enter`.
+/// What the engines do per request: sync `preadv`/`pwritev`/`fallocate`/`fdatasync` (and
+/// `BLKDISCARD` on a block device), io_uring `io_uring_enter`, NBD `sendmsg`/`recv`.
 fn disk_io(r: &mut Rules) -> Result<(), BackendError> {
     r.allow(&[
         libc::SYS_preadv,
@@ -502,6 +502,13 @@ fn disk_io(r: &mut Rules) -> Result<(), BackendError> {
         libc::SYS_io_uring_enter,
         // A throttled queue arms its timer (or a group member's) when tokens run out.
         libc::SYS_timerfd_settime,
+        // An NBD disk's engine writes its requests to the server's socket and reads the
+        // replies from the thread that serves the queue, and waits on the socket's epoll
+        // set when it must block (no socket is created or connected here).
+        libc::SYS_sendmsg,
+        libc::SYS_recvfrom,
+        libc::SYS_epoll_wait,
+        libc::SYS_epoll_pwait,
     ]);
     r.ioctls(&[BLKDISCARD])
 }
@@ -523,6 +530,9 @@ fn engine_setup(r: &mut Rules) -> Result<(), BackendError> {
         libc::SYS_eventfd2,
         libc::SYS_io_uring_setup,
         libc::SYS_timerfd_create,
+        // An NBD engine's completion fd is an epoll set of the socket and its eventfd.
+        libc::SYS_epoll_create1,
+        libc::SYS_epoll_ctl,
     ]);
     r.allow_values(libc::SYS_fcntl, 1, &[libc::F_DUPFD_CLOEXEC as u64])?;
     r.allow_values(
