@@ -276,8 +276,9 @@ fn cmd_crosscheck(opts: &Options) -> Result<bool, String> {
     if opts.nbd {
         let kinds = match opts.backend.as_str() {
             "file" => vec![NbdServerKind::Qsd, NbdServerKind::Nbdkit],
-            b => vec![NbdServerKind::from_backend(b)
-                .ok_or_else(|| format!("crosscheck --nbd takes --backend nbd or nbdkit, not {b}"))?],
+            b => vec![NbdServerKind::from_backend(b).ok_or_else(|| {
+                format!("crosscheck --nbd takes --backend nbd or nbdkit, not {b}")
+            })?],
         };
         let vmm = build_vmm(&root)?;
         return nbd_crosscheck::run(&root, &vmm, &kinds, opts.io_mode.as_deref());

@@ -70,7 +70,10 @@ pub fn run(
         }
         let passed = o.blocks >= MIN_BLOCKS && o.lost.is_empty() && o.differing == 0;
         if o.blocks < MIN_BLOCKS {
-            println!("   only {} flushed blocks, at least {MIN_BLOCKS} needed", o.blocks);
+            println!(
+                "   only {} flushed blocks, at least {MIN_BLOCKS} needed",
+                o.blocks
+            );
         }
         println!("== {what}: {}", if passed { "OK" } else { "FAILED" });
         ok &= passed;
