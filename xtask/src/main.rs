@@ -5,6 +5,7 @@ use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 mod crash;
+mod nbd_crosscheck;
 mod nbd_soak;
 mod qos;
 mod soak;
@@ -34,10 +35,14 @@ commands:
         (target/xtask/disk.img), run its self-tests and a benchmark, print a summary;
         --backend nbd serves the image with qemu-storage-daemon, nbdkit with nbdkit's file
         plugin, over a Unix socket, to the VMM's NBD client
-  crosscheck [--completion poll|irq] [--vhost-user]
+  crosscheck [--completion poll|irq] [--vhost-user] [--nbd [--backend nbd|nbdkit]]
         run the same guest under QEMU (q35, virtio-blk-pci) as the reference device;
         --vhost-user: QEMU as the front end of our vhost-user-blk back end on
-        target/xtask/disk.img, with 1 and 2 queues
+        target/xtask/disk.img, with 1 and 2 queues;
+        --nbd: the guest's durability workload writes a fresh image over our NBD client
+        (qemu-storage-daemon, then nbdkit; --backend picks one), the VMM is killed, the
+        server restarted, and QEMU's NBD client (qemu-img convert) reads it back: every
+        flushed block must hold its data and the bytes must equal the image file's
   bench [--quick] [--systems a,b,...]
         the talk's experiment: bare metal (fio and our runner), our VMM untuned and in each
         io mode, and QEMU, same image and workloads, 5 interleaved repeats of 4 s (--quick:
@@ -61,7 +66,8 @@ commands:
         table, target/trace/<mode>.json (Perfetto / chrome://tracing), target/trace/timeline.svg
 {}
   test  the project's test suite: fmt, cargo test --workspace, clippy, doc, run (file, nbd,
-        nbdkit), crosscheck (QEMU's virtio-blk, our vhost-user-blk),
+        nbdkit), crosscheck (QEMU's virtio-blk, our vhost-user-blk, QEMU's NBD client
+        reading back what ours wrote),
         bench --quick (VMM modes), crash points (and noflush ones that must lose data), a
         2-minute soak, qos --quick",
         qos::USAGE
@@ -76,6 +82,7 @@ struct Options {
     systems: Option<Vec<String>>,
     workload: Option<String>,
     vhost_user: bool,
+    nbd: bool,
     backend: String,
     long_outage: bool,
 }
@@ -90,6 +97,7 @@ impl Default for Options {
             systems: None,
             workload: None,
             vhost_user: false,
+            nbd: false,
             backend: "file".into(),
             long_outage: false,
         }
@@ -123,6 +131,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
             }
             "--quick" => opts.quick = true,
             "--vhost-user" => opts.vhost_user = true,
+            "--nbd" => opts.nbd = true,
             "--workload" => opts.workload = Some(value()?),
             "--backend" => opts.backend = value()?,
             "--long-outage" => opts.long_outage = true,
@@ -263,8 +272,18 @@ fn cmd_run(opts: &Options) -> Result<bool, String> {
 }
 
 fn cmd_crosscheck(opts: &Options) -> Result<bool, String> {
-    let qemu = qemu_binary()?;
     let root = root();
+    if opts.nbd {
+        let kinds = match opts.backend.as_str() {
+            "file" => vec![NbdServerKind::Qsd, NbdServerKind::Nbdkit],
+            b => vec![NbdServerKind::from_backend(b).ok_or_else(|| {
+                format!("crosscheck --nbd takes --backend nbd or nbdkit, not {b}")
+            })?],
+        };
+        let vmm = build_vmm(&root)?;
+        return nbd_crosscheck::run(&root, &vmm, &kinds, opts.io_mode.as_deref());
+    }
+    let qemu = qemu_binary()?;
     let guest = build_guest(&root)?;
     if opts.vhost_user {
         return crosscheck_vhost_user(opts, &root, &qemu, &guest);
@@ -464,6 +483,11 @@ fn cmd_test() -> Result<bool, String> {
             ..Options::default()
         })?;
     }
+    // What our NBD client wrote, read back by QEMU's, from both servers.
+    ok &= cmd_crosscheck(&Options {
+        nbd: true,
+        ..Options::default()
+    })?;
     // The benchmark itself must not rot: a short run of our VMM's io modes.
     let vmm_modes = bench::VMM_SYSTEMS
         .iter()
