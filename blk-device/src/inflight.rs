@@ -19,7 +19,7 @@ use std::os::unix::io::RawFd;
 use std::sync::Arc;
 use std::thread::ThreadId;
 
-use backend_raw::{Completion, Engine, IoOp, MAX_IOVECS};
+use backend_raw::{Completion, Engine, IoOp, WireTimes, MAX_IOVECS};
 use blk_proto::MAX_DISCARD_SEGMENTS;
 use vm_memory::GuestMemoryMmap;
 
@@ -345,12 +345,12 @@ impl InFlightTable {
     pub fn reap(
         &mut self,
         mem: &GuestMemoryMmap,
-        completed: impl Fn(&IoJob),
+        completed: impl Fn(&IoJob, Option<WireTimes>),
         mut done: impl FnMut(Box<IoJob>),
     ) -> usize {
         while let Some(mut job) = self.refused.pop() {
             self.live -= 1;
-            completed(&job);
+            completed(&job, None);
             job.finish(mem);
             done(job);
         }
@@ -379,7 +379,7 @@ impl InFlightTable {
                 };
                 self.free.push(slot);
                 self.live -= 1;
-                completed(&job);
+                completed(&job, c.wire);
                 job.finish(mem);
                 done(job);
                 continue;
@@ -396,7 +396,7 @@ impl InFlightTable {
                     let bytes = job.transfer().map_or(0, |t| t.2);
                     job.complete_op(Ok(bytes));
                     self.live -= 1;
-                    completed(&job);
+                    completed(&job, c.wire);
                     job.finish(mem);
                     done(job);
                 }
@@ -537,7 +537,7 @@ mod tests {
         let mut reap = |table: &mut InFlightTable, step: &str| {
             table.reap(
                 &mem,
-                |_| {},
+                |_, _| {},
                 |job| {
                     let finished = done.lock().unwrap().clone();
                     assert!(
@@ -697,7 +697,7 @@ mod tests {
         while table.live() > 0 {
             table.reap(
                 &mem,
-                |_| {},
+                |_, _| {},
                 |job| {
                     let mut st = [0u8];
                     mem.read_slice(&mut st, GuestAddress(STATUS_BASE + u64::from(job.head)))

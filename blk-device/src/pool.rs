@@ -254,9 +254,9 @@ impl Worker {
         let (traces, homes) = (&self.traces, &self.homes);
         self.table.reap(
             &self.mem,
-            |job| {
+            |job, wire| {
                 if let Some(t) = traces.get(usize::from(job.queue)) {
-                    t.stamp(Stage::BackendComplete, job.head);
+                    t.backend_complete(job.head, wire);
                 }
             },
             |job| send(homes, job),

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use crate::inflight::InFlightTable;
 use crate::metrics::DeviceMetrics;
 use crate::request::IoJob;
-use crate::trace::{QueueTrace, Stage};
+use crate::trace::QueueTrace;
 
 /// Where a queue service sends parsed requests, and where it gets them back finished.
 pub trait Scheduler: Send + std::fmt::Debug {
@@ -128,7 +128,7 @@ impl Scheduler for Inline {
         let before = self.table.live();
         self.table.reap(
             mem,
-            |job| trace.stamp(Stage::BackendComplete, job.head),
+            |job, wire| trace.backend_complete(job.head, wire),
             done,
         );
         before - self.table.live()

@@ -22,6 +22,8 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use backend_raw::WireTimes;
+
 /// Head value of a stamp that belongs to a batch rather than one chain (a kick, an interrupt).
 pub const NO_HEAD: u16 = u16::MAX;
 
@@ -50,11 +52,17 @@ pub enum Stage {
     /// between `Parsed` and its submission, when the limits hold it back. Numbered last so
     /// older traces keep their numbers.
     Throttled = 8,
+    /// An engine over the network wrote the request's last byte to its server (stamped at
+    /// the time the engine saw, when the request completes; NBD).
+    NetworkSent = 9,
+    /// The header of the server's reply arrived: the span from `NetworkSent` is the network
+    /// round trip with the server's own work.
+    NetworkReply = 10,
 }
 
 impl Stage {
     /// Every stage, in request order.
-    pub const ALL: [Stage; 9] = [
+    pub const ALL: [Stage; 11] = [
         Stage::KickSeen,
         Stage::Popped,
         Stage::Parsed,
@@ -64,6 +72,8 @@ impl Stage {
         Stage::UsedPublished,
         Stage::IrqInjected,
         Stage::Throttled,
+        Stage::NetworkSent,
+        Stage::NetworkReply,
     ];
 
     /// The stage with this `as u8` value.
@@ -99,6 +109,28 @@ impl QueueTrace {
     /// Whether stamps are recorded.
     pub fn is_enabled(&self) -> bool {
         self.ring.is_some()
+    }
+
+    /// Records that the engine finished chain `head`'s request, with the network stages the
+    /// engine timed (an engine over the network) first.
+    #[inline]
+    pub fn backend_complete(&self, head: u16, wire: Option<WireTimes>) {
+        let Some(ring) = &self.ring else {
+            return;
+        };
+        if let Some(w) = wire {
+            for (stage, tsc) in [
+                (Stage::NetworkSent, w.sent_tsc),
+                (Stage::NetworkReply, w.reply_tsc),
+            ] {
+                ring.push(Stamp {
+                    tsc,
+                    stage: stage as u8,
+                    head,
+                });
+            }
+        }
+        self.stamp(Stage::BackendComplete, head);
     }
 
     /// Records that chain `head` (or the batch, with [`NO_HEAD`]) reached `stage` now.

@@ -62,8 +62,10 @@ commands:
         them; every block the guest saw flushed must survive (with --fault noflush, losses
         must be reported)
   trace [--io-mode vcpu|iothread|dataplane|workers] [--workload randread-4k-qd1]
+        [--backend file|nbd|nbdkit]
         a short traced run per io mode (vmm --trace, guest trace=1): per-stage latency
-        table, target/trace/<mode>.json (Perfetto / chrome://tracing), target/trace/timeline.svg
+        table, target/trace/<mode>.json (Perfetto / chrome://tracing), target/trace/timeline.svg;
+        over NBD the network round trip (NetworkSent to NetworkReply) is its own stage
 {}
   test  the project's test suite: fmt, cargo test --workspace, clippy, doc, run (file, nbd,
         nbdkit), crosscheck (QEMU's virtio-blk, our vhost-user-blk, QEMU's NBD client
@@ -513,6 +515,8 @@ fn cmd_test() -> Result<bool, String> {
     }
     ok &= !lying;
     ok &= nbd_soak::run(&root, &vmm, NbdServerKind::Qsd, false)?;
+    // The network round trip is its own stage of a traced request over NBD.
+    ok &= trace::cmd(&root, Some("dataplane"), None, "nbd")?;
     ok &= nbd_soak::run(&root, &vmm, NbdServerKind::Nbdkit, true)?;
     // Two minutes of verified mixed I/O across both queues.
     ok &= soak::run(&root, &vmm, &soak::parse(&strings(&["--minutes", "2"]))?)?;
@@ -581,7 +585,12 @@ fn main() -> ExitCode {
         }),
         "test" => cmd_test(),
         "bench" => cmd_bench(&opts),
-        "trace" => trace::cmd(&root(), opts.io_mode.as_deref(), opts.workload.as_deref()),
+        "trace" => trace::cmd(
+            &root(),
+            opts.io_mode.as_deref(),
+            opts.workload.as_deref(),
+            &opts.backend,
+        ),
         "help" | "--help" | "-h" => {
             println!("{}", usage());
             return ExitCode::SUCCESS;

@@ -18,6 +18,7 @@ use xtask::runner::{ensure_image, run_guest, Peer};
 
 use crate::timeline_svg::timeline_svg;
 use crate::trace_summary::{describe, ModeTrace, StageStat};
+use xtask::nbd_server::{NbdServer, NbdServerKind};
 
 /// The io modes, in table order.
 pub const IO_MODES: [&str; 4] = ["vcpu", "iothread", "dataplane", "workers"];
@@ -160,11 +161,13 @@ pub fn cmdline(case: &Case, secs: u32) -> String {
     format!("{} trace=1", case.guest_cmdline(secs))
 }
 
-/// Runs `case` under `vmm --io-mode mode` with tracing; returns the mode's figures.
+/// Runs `case` under `vmm --io-mode mode` with tracing, on `image` or, with `nbd`, on that
+/// NBD URI; returns the mode's figures.
 pub fn run_mode(
     vmm: &Path,
     guest: &Path,
     image: &Path,
+    nbd: Option<&str>,
     out_dir: &Path,
     mode: &str,
     case: &Case,
@@ -176,11 +179,16 @@ pub fn run_mode(
         .arg(guest)
         .args(["--memory", "256M", "--io-mode", mode]);
     cmd.args(["--cmdline", &cmdline(case, SECS)]);
-    cmd.arg("--disk").arg(format!(
-        "path={},direct={},engine=io_uring,serial=trace",
-        image.display(),
-        if case.shm { "off" } else { "on" }
-    ));
+    let target = match nbd {
+        Some(uri) => format!("uri={uri}"),
+        None => format!(
+            "path={},direct={}",
+            image.display(),
+            if case.shm { "off" } else { "on" }
+        ),
+    };
+    cmd.arg("--disk")
+        .arg(format!("{target},engine=io_uring,serial=trace"));
     cmd.arg("--trace")
         .arg(&trace)
         .arg("--metrics")
@@ -206,8 +214,15 @@ pub fn run_mode(
 }
 
 /// `cargo xtask trace`: every io mode (or `only`), workload `workload` (default
-/// randread-4k-qd1); tables on stdout, `target/trace/timeline.svg`.
-pub fn cmd(root: &Path, only: Option<&str>, workload: Option<&str>) -> Result<bool, String> {
+/// randread-4k-qd1), on a local image or (`backend` nbd or nbdkit) over NBD; tables on
+/// stdout, `target/trace/timeline.svg`. Over NBD every mode's trace must show the network
+/// round trip as its own stage.
+pub fn cmd(
+    root: &Path,
+    only: Option<&str>,
+    workload: Option<&str>,
+    backend: &str,
+) -> Result<bool, String> {
     let name = workload.unwrap_or("randread-4k-qd1");
     let case = CASES.iter().find(|c| c.name == name).ok_or_else(|| {
         format!(
@@ -235,18 +250,47 @@ pub fn cmd(root: &Path, only: Option<&str>, workload: Option<&str>) -> Result<bo
         out_dir.join("trace.img")
     };
     ensure_image(&image, 256 << 20)?;
+    let server = match backend {
+        "file" => None,
+        b => {
+            let kind = NbdServerKind::from_backend(b)
+                .ok_or_else(|| format!("--backend must be file, nbd or nbdkit, not {b}"))?;
+            let socket = out_dir.join("nbd.sock");
+            Some(NbdServer::start_with(
+                kind, &image, &socket, "trace", !case.shm,
+            )?)
+        }
+    };
+    let uri = server.as_ref().map(|s| s.uri("trace"));
     let mut traces = Vec::new();
     let mut ok = true;
     for mode in modes {
         println!("== tracing {} under --io-mode {mode}", case.name);
-        match run_mode(&vmm, &guest, &image, &out_dir, mode, case) {
-            Ok(t) => traces.push(t),
+        match run_mode(&vmm, &guest, &image, uri.as_deref(), &out_dir, mode, case) {
+            Ok(t) => {
+                if let Some(s) = &server {
+                    let round_trips = t
+                        .stages
+                        .iter()
+                        .find(|st| st.stage == "NetworkReply")
+                        .map_or(0, |st| st.count);
+                    if round_trips == 0 {
+                        println!(
+                            "   {mode}: FAILED, no NetworkReply stage over NBD ({})",
+                            s.kind().program()
+                        );
+                        ok = false;
+                    }
+                }
+                traces.push(t)
+            }
             Err(e) => {
                 println!("   {mode}: {e}");
                 ok = false;
             }
         }
     }
+    drop(server);
     if case.shm {
         let _ = std::fs::remove_file(&image);
     }

@@ -46,6 +46,10 @@ pub enum Point {
     HandedToWorker,
     /// Device: [`Stage::BackendSubmit`].
     BackendSubmit,
+    /// Device: [`Stage::NetworkSent`] (an engine over the network).
+    NetworkSent,
+    /// Device: [`Stage::NetworkReply`]: the segment ending here is the network round trip.
+    NetworkReply,
     /// Device: [`Stage::BackendComplete`].
     BackendComplete,
     /// Device: [`Stage::UsedPublished`].
@@ -57,7 +61,7 @@ pub enum Point {
 }
 
 /// Number of [`Point`]s.
-pub const POINTS: usize = 12;
+pub const POINTS: usize = 14;
 
 /// Which thread a segment ran on: one track each in the timeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -98,6 +102,8 @@ impl Point {
         Point::Throttled,
         Point::HandedToWorker,
         Point::BackendSubmit,
+        Point::NetworkSent,
+        Point::NetworkReply,
         Point::BackendComplete,
         Point::UsedPublished,
         Point::IrqInjected,
@@ -115,6 +121,8 @@ impl Point {
             Point::Throttled => "Throttled",
             Point::HandedToWorker => "HandedToWorker",
             Point::BackendSubmit => "BackendSubmit",
+            Point::NetworkSent => "NetworkSent",
+            Point::NetworkReply => "NetworkReply",
             Point::BackendComplete => "BackendComplete",
             Point::UsedPublished => "UsedPublished",
             Point::IrqInjected => "IrqInjected",
@@ -131,6 +139,8 @@ impl Point {
             Stage::Throttled => Point::Throttled,
             Stage::HandedToWorker => Point::HandedToWorker,
             Stage::BackendSubmit => Point::BackendSubmit,
+            Stage::NetworkSent => Point::NetworkSent,
+            Stage::NetworkReply => Point::NetworkReply,
             Stage::BackendComplete => Point::BackendComplete,
             Stage::UsedPublished => Point::UsedPublished,
             Stage::IrqInjected => Point::IrqInjected,
@@ -281,8 +291,11 @@ fn layer_of(p: Point, handed: bool) -> Layer {
         | Point::Parsed
         | Point::Throttled
         | Point::HandedToWorker => Layer::Handler,
-        Point::BackendSubmit | Point::UsedPublished | Point::IrqInjected => serving,
-        Point::BackendComplete => Layer::Backend,
+        // The engine writes the request from the serving thread.
+        Point::BackendSubmit | Point::NetworkSent | Point::UsedPublished | Point::IrqInjected => {
+            serving
+        }
+        Point::NetworkReply | Point::BackendComplete => Layer::Backend,
     }
 }
 
