@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use backend_raw::{Completion, WireTimes};
+use backend_raw::{Completion, WireTimes, MAX_IOVECS};
 
 use crate::handshake::{connect, ExportInfo};
 use crate::proto::*;
@@ -33,6 +33,9 @@ const SEND_IOVECS: usize = 512;
 /// First and largest pause between reconnection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// Reads from this size on have their payload received straight into their buffers rather
+/// than copied through the receive buffer (at the cost of a system call for the header).
+const DIRECT_READ: u32 = 32 * 1024;
 /// epoll tag of the socket in an engine's set (its own eventfd is 0).
 pub(crate) const SOCKET_TAG: u64 = 1;
 
@@ -183,6 +186,10 @@ pub(crate) struct Link {
     start: usize,
     end: usize,
     iov: Scratch,
+    /// The iovecs of a read's payload received straight into its buffers.
+    rx_iov: Scratch,
+    /// Reads in the table of at least [`DIRECT_READ`] bytes.
+    large_reads: usize,
     /// Whether the last loss was already logged (one line per outage, not per attempt).
     logged_outage: bool,
     /// The epoll sets of the engines on this connection; each live socket joins them all.
@@ -217,6 +224,8 @@ impl Link {
             start: 0,
             end: 0,
             iov: Scratch(Vec::with_capacity(SEND_IOVECS)),
+            rx_iov: Scratch(Vec::with_capacity(MAX_IOVECS)),
+            large_reads: 0,
             logged_outage: false,
             watchers: Vec::new(),
         }
@@ -267,6 +276,9 @@ impl Link {
         let down_since = self.live.is_none().then(Instant::now);
         let awaiting_before = self.table.len();
         for req in new.drain(..) {
+            if is_large_read(&req) {
+                self.large_reads += 1;
+            }
             let cookie = self.next_cookie;
             self.next_cookie = self.next_cookie.wrapping_add(1);
             let wire = RequestHeader {
@@ -396,14 +408,42 @@ impl Link {
                 self.end -= self.start;
                 self.start = 0;
             }
-            // SAFETY: writes at most `buf.len() - end` bytes into `buf[end..]`.
-            let n = unsafe {
-                libc::recv(
-                    live.fd.as_raw_fd(),
-                    self.buf[self.end..].as_mut_ptr().cast(),
-                    self.buf.len() - self.end,
-                    libc::MSG_DONTWAIT,
-                )
+            let buffered = self.end - self.start;
+            let direct = matches!(live.rx, Rx::Payload { .. }) && buffered == 0;
+            let n = if let (true, Rx::Payload { cookie, got }) = (direct, &live.rx) {
+                // The rest of a read's payload goes straight into its buffers: no copy
+                // through ours.
+                let p = &self.table[cookie];
+                self.rx_iov.0.clear();
+                let mut skip = *got;
+                for v in p.req.buffers.0.iter() {
+                    push_from(&mut self.rx_iov.0, v.iov_base.cast(), v.iov_len, &mut skip);
+                }
+                // SAFETY: an all-zero msghdr is valid; the iovecs cover exactly the part of
+                // the request's buffers (lent to it for writing until its completion is
+                // reaped) not yet filled, so the kernel writes nowhere else.
+                unsafe {
+                    let mut msg: libc::msghdr = std::mem::zeroed();
+                    msg.msg_iov = self.rx_iov.0.as_mut_ptr();
+                    msg.msg_iovlen = self.rx_iov.0.len();
+                    libc::recvmsg(live.fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT)
+                }
+            } else {
+                // While large reads are in flight, take a reply's header alone so that its
+                // payload can go straight to its buffers.
+                let want = match (buffered, &live.rx, self.large_reads) {
+                    (0, Rx::Header, 1..) => SIMPLE_REPLY_LEN,
+                    _ => self.buf.len() - self.end,
+                };
+                // SAFETY: writes at most `want <= buf.len() - end` bytes into `buf[end..]`.
+                unsafe {
+                    libc::recv(
+                        live.fd.as_raw_fd(),
+                        self.buf[self.end..].as_mut_ptr().cast(),
+                        want,
+                        libc::MSG_DONTWAIT,
+                    )
+                }
             };
             if n < 0 {
                 let e = io::Error::last_os_error();
@@ -417,8 +457,30 @@ impl Link {
                 return Err("the server closed the connection".into());
             }
             live.progress = Instant::now();
-            self.end += n as usize;
-            self.parse(own)?;
+            if direct {
+                self.took_payload(n as usize, own);
+            } else {
+                self.end += n as usize;
+                self.parse(own)?;
+            }
+        }
+    }
+
+    /// Counts `n` bytes of the current read's payload as arrived in its buffers.
+    fn took_payload(&mut self, n: usize, own: Option<&Sink>) {
+        let live = self.live.as_mut().expect("receiving runs connected");
+        let Rx::Payload { cookie, got } = live.rx else {
+            return;
+        };
+        let total = self.table.get(&cookie).map_or(0, |p| p.req.length as usize);
+        if got + n >= total {
+            live.rx = Rx::Header;
+            self.finish(cookie, Ok(total as u32), own);
+        } else {
+            live.rx = Rx::Payload {
+                cookie,
+                got: got + n,
+            };
         }
     }
 
@@ -504,6 +566,9 @@ impl Link {
         let Some(p) = self.table.remove(&cookie) else {
             return;
         };
+        if is_large_read(&p.req) {
+            self.large_reads -= 1;
+        }
         let wire = (p.reply_tsc != 0).then_some(WireTimes {
             sent_tsc: p.sent_tsc,
             reply_tsc: p.reply_tsc,
@@ -662,6 +727,10 @@ impl Link {
             };
         }
     }
+}
+
+fn is_large_read(r: &Submitted) -> bool {
+    r.kind == NBD_CMD_READ && r.length >= DIRECT_READ
 }
 
 /// Adds a connection's socket to an engine's epoll set.

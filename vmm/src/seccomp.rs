@@ -489,7 +489,7 @@ fn running_thread(r: &mut Rules) -> Result<(), BackendError> {
 }
 
 /// What the engines do per request: sync `preadv`/`pwritev`/`fallocate`/`fdatasync` (and
-/// `BLKDISCARD` on a block device), io_uring `io_uring_enter`, NBD `sendmsg`/`recv`.
+/// `BLKDISCARD` on a block device), io_uring `io_uring_enter`, NBD `sendmsg`/`recv`/`recvmsg`.
 fn disk_io(r: &mut Rules) -> Result<(), BackendError> {
     r.allow(&[
         libc::SYS_preadv,
@@ -507,6 +507,7 @@ fn disk_io(r: &mut Rules) -> Result<(), BackendError> {
         // set when it must block (no socket is created or connected here).
         libc::SYS_sendmsg,
         libc::SYS_recvfrom,
+        libc::SYS_recvmsg,
         libc::SYS_epoll_wait,
         libc::SYS_epoll_pwait,
     ]);
