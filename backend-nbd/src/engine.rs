@@ -2,10 +2,11 @@
 //! connection's socket and reads the replies itself.
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
-use backend_raw::{Completion, Engine, EngineKind, Error, IoOp, MAX_IOVECS};
+use backend_raw::{Completion, Engine, EngineKind, Error, IoOp, WireTimes, MAX_IOVECS};
 
 use crate::connection::{lock, Buffers, Next, Shared, Sink, Submitted};
 use crate::handshake::ExportInfo;
@@ -29,10 +30,23 @@ pub struct NbdEngine {
     poked: Cell<bool>,
     info: ExportInfo,
     batch: Vec<Submitted>,
+    /// Requests cut into parts the server takes, by `user_data`, until every part is back.
+    splits: HashMap<u64, Split>,
+    /// Whole requests finished, for `reap`.
+    ready: Vec<Completion>,
     in_flight: usize,
     depth: usize,
     /// Complete each request inside `submit` (the `sync` engine's contract).
     blocking: bool,
+}
+
+/// A request sent as several commands: a read or write larger than the server's maximum
+/// payload, or a trim or zeroing longer than one command's 32-bit length.
+struct Split {
+    parts_left: usize,
+    /// Bytes transferred so far, or the first error.
+    result: Result<u32, i32>,
+    wire: Option<WireTimes>,
 }
 
 impl NbdEngine {
@@ -51,6 +65,8 @@ impl NbdEngine {
             poked: Cell::new(false),
             info,
             batch: Vec::with_capacity(depth),
+            splits: HashMap::new(),
+            ready: Vec::with_capacity(depth),
             in_flight: 0,
             depth,
             blocking,
@@ -64,6 +80,46 @@ impl NbdEngine {
         }
         if lock(&self.conn.link).receive_for(&self.sink) == Next::Ring {
             self.conn.ring();
+        }
+    }
+
+    /// Moves what the connection finished into `ready`, joining the parts of split requests.
+    fn collect(&mut self) {
+        let mut done = lock(&self.sink.done);
+        for c in done.drain(..) {
+            let Some(s) = self.splits.get_mut(&c.user_data) else {
+                self.ready.push(c);
+                continue;
+            };
+            s.parts_left -= 1;
+            s.result = match (s.result, c.result) {
+                (Ok(sum), Ok(n)) => Ok(sum.saturating_add(n)),
+                (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+            };
+            s.wire = c.wire.or(s.wire);
+            if s.parts_left == 0 {
+                let Split { result, wire, .. } = *s;
+                self.splits.remove(&c.user_data);
+                self.ready.push(Completion {
+                    user_data: c.user_data,
+                    result,
+                    wire,
+                });
+            }
+        }
+    }
+
+    /// The most bytes one command of `kind` may carry: the server's maximum payload for a
+    /// read or write, else what the 32-bit length holds; whole minimum blocks either way.
+    fn part_limit(&self, kind: u16) -> u64 {
+        let max = match kind {
+            NBD_CMD_READ | NBD_CMD_WRITE => self.info.max_payload,
+            _ => u32::MAX,
+        };
+        let block = self.info.min_block.max(1);
+        match max - max % block {
+            0 => u64::from(max),
+            whole => u64::from(whole),
         }
     }
 
@@ -92,11 +148,9 @@ impl NbdEngine {
             IoOp::Discard { .. } | IoOp::WriteZeroes { .. } => return Err(libc::EOPNOTSUPP),
         };
         let end = offset.checked_add(length).ok_or(libc::EINVAL)?;
+        // A read or write carries its length in the completion's 32 bits.
         let data = matches!(kind, NBD_CMD_READ | NBD_CMD_WRITE);
-        if end > self.info.size
-            || length > u64::from(u32::MAX)
-            || (data && length > u64::from(self.info.max_payload))
-        {
+        if end > self.info.size || (data && length > u64::from(u32::MAX)) {
             return Err(libc::EINVAL);
         }
         Ok((kind, flags, offset, length))
@@ -129,17 +183,43 @@ impl Engine for NbdEngine {
             Err(0) => self.sink.complete(Completion::new(user_data, Ok(0))),
             Err(errno) => self.fail_now(user_data, errno),
             Ok((kind, flags, offset, length)) => {
-                self.batch.push(Submitted {
-                    sink: self.sink.clone(),
-                    user_data,
-                    kind,
-                    flags,
-                    offset,
-                    length: length as u32,
-                    buffers: Buffers(if data { iovecs.to_vec() } else { Vec::new() }),
-                });
+                let limit = self.part_limit(kind);
+                let parts: Vec<(u64, u64, Vec<libc::iovec>)> = match (length > limit, data) {
+                    (false, _) => {
+                        vec![(0, length, if data { iovecs.to_vec() } else { Vec::new() })]
+                    }
+                    (true, true) => cut(iovecs, limit),
+                    (true, false) => (0..length.div_ceil(limit))
+                        .map(|i| (i * limit, limit.min(length - i * limit), Vec::new()))
+                        .collect(),
+                };
+                if parts.len() > 1 {
+                    self.splits.insert(
+                        user_data,
+                        Split {
+                            parts_left: parts.len(),
+                            result: Ok(0),
+                            wire: None,
+                        },
+                    );
+                }
+                for (at, len, buffers) in parts {
+                    self.batch.push(Submitted {
+                        sink: self.sink.clone(),
+                        user_data,
+                        kind,
+                        flags,
+                        offset: offset + at,
+                        // At most `limit`, which fits in 32 bits.
+                        length: len as u32,
+                        buffers: Buffers(buffers),
+                    });
+                }
                 if self.blocking {
-                    self.wait()?;
+                    while self.in_flight > 0 && !self.ready.iter().any(|c| c.user_data == user_data)
+                    {
+                        self.wait()?;
+                    }
                 }
             }
         }
@@ -158,9 +238,9 @@ impl Engine for NbdEngine {
 
     fn reap(&mut self, out: &mut Vec<Completion>) -> usize {
         self.receive();
-        let mut done = lock(&self.sink.done);
-        let n = done.len();
-        out.append(&mut done);
+        self.collect();
+        let n = self.ready.len();
+        out.append(&mut self.ready);
         self.in_flight -= n;
         n
     }
@@ -170,7 +250,8 @@ impl Engine for NbdEngine {
         let mut events = [EpollEvent::default(); 2];
         loop {
             self.receive();
-            if self.in_flight == 0 || !lock(&self.sink.done).is_empty() {
+            self.collect();
+            if self.in_flight == 0 || !self.ready.is_empty() {
                 return Ok(());
             }
             // EINTR: look again. Other errors cannot happen on a valid set.
@@ -202,15 +283,15 @@ impl Engine for NbdEngine {
         self.depth
     }
 
-    /// `Sync` when built blocking (requests complete inside `submit`), else `IoUring`:
-    /// callers read the kind as the completion model (asynchronous, with an eventfd), which
-    /// is what an NBD engine shares with io_uring.
     /// No: the server needs the CPU a spinning thread would take, and each look at the
     /// socket is a system call.
     fn spin_for_completions(&self) -> bool {
         false
     }
 
+    /// `Sync` when built blocking (requests complete inside `submit`), else `IoUring`:
+    /// callers read the kind as the completion model (asynchronous, with an eventfd), which
+    /// is what an NBD engine shares with io_uring.
     fn kind(&self) -> EngineKind {
         match self.blocking {
             true => EngineKind::Sync,
@@ -230,5 +311,71 @@ impl Drop for NbdEngine {
             self.reap(&mut sink);
             sink.clear();
         }
+    }
+}
+
+/// Cuts `iovecs` into runs of at most `limit` bytes (the last may be shorter), each with its
+/// byte offset into the whole: `(offset, length, iovecs)`.
+fn cut(iovecs: &[libc::iovec], limit: u64) -> Vec<(u64, u64, Vec<libc::iovec>)> {
+    let mut parts = Vec::new();
+    let (mut at, mut len, mut run) = (0u64, 0u64, Vec::new());
+    for v in iovecs {
+        let mut done = 0usize;
+        while done < v.iov_len {
+            let take = (v.iov_len - done).min((limit - len) as usize);
+            run.push(libc::iovec {
+                // `done < iov_len`: the pointer stays inside the caller's buffer.
+                iov_base: v.iov_base.cast::<u8>().wrapping_add(done).cast(),
+                iov_len: take,
+            });
+            done += take;
+            len += take as u64;
+            if len == limit {
+                parts.push((at, len, std::mem::take(&mut run)));
+                at += len;
+                len = 0;
+            }
+        }
+    }
+    if len > 0 {
+        parts.push((at, len, run));
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iov(base: usize, len: usize) -> libc::iovec {
+        libc::iovec {
+            iov_base: base as *mut libc::c_void,
+            iov_len: len,
+        }
+    }
+
+    fn spans(parts: &[(u64, u64, Vec<libc::iovec>)]) -> Vec<(u64, u64, Vec<(usize, usize)>)> {
+        parts
+            .iter()
+            .map(|(at, len, v)| {
+                let v = v.iter().map(|i| (i.iov_base as usize, i.iov_len)).collect();
+                (*at, *len, v)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn cut_keeps_every_byte_once_and_in_order() {
+        let parts = cut(&[iov(1000, 6), iov(5000, 3), iov(9000, 5)], 4);
+        assert_eq!(
+            spans(&parts),
+            vec![
+                (0, 4, vec![(1000, 4)]),
+                (4, 4, vec![(1004, 2), (5000, 2)]),
+                (8, 4, vec![(5002, 1), (9000, 3)]),
+                (12, 2, vec![(9003, 2)]),
+            ]
+        );
+        assert_eq!(cut(&[iov(1000, 8)], 8).len(), 1);
     }
 }
