@@ -184,7 +184,7 @@ impl Engine for NbdEngine {
             Err(errno) => self.fail_now(user_data, errno),
             Ok((kind, flags, offset, length)) => {
                 let limit = self.part_limit(kind);
-                let parts: Vec<(u64, u64, Vec<libc::iovec>)> = match (length > limit, data) {
+                let parts: Vec<Part> = match (length > limit, data) {
                     (false, _) => {
                         vec![(0, length, if data { iovecs.to_vec() } else { Vec::new() })]
                     }
@@ -314,9 +314,11 @@ impl Drop for NbdEngine {
     }
 }
 
-/// Cuts `iovecs` into runs of at most `limit` bytes (the last may be shorter), each with its
-/// byte offset into the whole: `(offset, length, iovecs)`.
-fn cut(iovecs: &[libc::iovec], limit: u64) -> Vec<(u64, u64, Vec<libc::iovec>)> {
+/// One command of a request: its byte offset into the request, its length, its buffers.
+type Part = (u64, u64, Vec<libc::iovec>);
+
+/// Cuts `iovecs` into runs of at most `limit` bytes (the last may be shorter).
+fn cut(iovecs: &[libc::iovec], limit: u64) -> Vec<Part> {
     let mut parts = Vec::new();
     let (mut at, mut len, mut run) = (0u64, 0u64, Vec::new());
     for v in iovecs {
@@ -354,7 +356,9 @@ mod tests {
         }
     }
 
-    fn spans(parts: &[(u64, u64, Vec<libc::iovec>)]) -> Vec<(u64, u64, Vec<(usize, usize)>)> {
+    type Span = (u64, u64, Vec<(usize, usize)>);
+
+    fn spans(parts: &[Part]) -> Vec<Span> {
         parts
             .iter()
             .map(|(at, len, v)| {
