@@ -130,6 +130,10 @@ pub const QEMU_VHOST_QSD: &str = "qemu-vhost-qsd";
 pub const NBD_FIO: &str = "nbd-fio";
 /// ...by our VMM's NBD client...
 pub const NBD_VMM: &str = "vmm-nbd";
+/// ...by our VMM with its vCPU and I/O threads pinned to different cores
+/// (`--cpu-affinity vcpu=0,io=1`), which keeps the server's and the VMM's wake-ups off the
+/// core the polling vCPU holds...
+pub const NBD_VMM_PINNED: &str = "vmm-nbd-pinned";
 /// ...and by QEMU's (`-drive file=nbd+unix://...`).
 pub const NBD_QEMU: &str = "qemu-nbd";
 
@@ -211,13 +215,13 @@ pub const VMM_SYSTEMS: &[VmmSystem] = &[
 ];
 
 /// The systems a run without `--systems` measures: all but the one-change-off variants and
-/// the NBD group (`--systems nbd-fio,vmm-nbd,qemu-nbd`), which would take the full run past
+/// the NBD group (`--systems nbd-fio,vmm-nbd,vmm-nbd-pinned,qemu-nbd`), which would take the full run past
 /// half an hour.
 pub fn default_system_names() -> Vec<&'static str> {
     system_names()
         .into_iter()
         .filter(|s| !VMM_SYSTEMS.iter().any(|v| v.name == *s && v.ablation))
-        .filter(|s| ![NBD_FIO, NBD_VMM, NBD_QEMU].contains(s))
+        .filter(|s| ![NBD_FIO, NBD_VMM, NBD_VMM_PINNED, NBD_QEMU].contains(s))
         .collect()
 }
 
@@ -226,7 +230,7 @@ pub fn system_names() -> Vec<&'static str> {
     let mut names = vec![BARE_METAL_FIO, BARE_METAL];
     names.extend(VMM_SYSTEMS.iter().map(|v| v.name));
     names.extend([QEMU, QEMU_VHOST_USER, QEMU_VHOST_QSD]);
-    names.extend([NBD_FIO, NBD_VMM, NBD_QEMU]);
+    names.extend([NBD_FIO, NBD_VMM, NBD_VMM_PINNED, NBD_QEMU]);
     names
 }
 
@@ -237,7 +241,7 @@ pub fn is_qemu(system: &str) -> bool {
 
 /// Whether `system` is one of our VMM's.
 pub fn is_vmm(system: &str) -> bool {
-    system == NBD_VMM || VMM_SYSTEMS.iter().any(|v| v.name == system)
+    system == NBD_VMM || system == NBD_VMM_PINNED || VMM_SYSTEMS.iter().any(|v| v.name == system)
 }
 
 /// Whether `system` runs on the host without a guest.
@@ -560,7 +564,7 @@ fn run_point(setup: &Setup, system: &str, case: &Case) -> Result<Summary, String
     } else {
         &setup.disk_image
     };
-    if [NBD_FIO, NBD_VMM, NBD_QEMU].contains(&system) {
+    if [NBD_FIO, NBD_VMM, NBD_VMM_PINNED, NBD_QEMU].contains(&system) {
         return run_nbd_point(setup, system, case, image);
     }
     match system {
@@ -619,6 +623,13 @@ fn run_nbd_point(
             Path::new(&uri),
             case,
         ),
+        NBD_VMM_PINNED => {
+            let pinned = VMM_SYSTEMS
+                .iter()
+                .find(|v| v.name == "vmm-pinned")
+                .expect("vmm-pinned is one of VMM_SYSTEMS");
+            run_vmm(setup, pinned, image, case, Some(&uri))
+        }
         _ => run_vmm(setup, &VMM_SYSTEMS[0], image, case, Some(&uri)),
     }
 }

@@ -48,8 +48,8 @@ commands:
         io mode, and QEMU, same image and workloads, 5 interleaved repeats of 4 s (--quick:
         5 of the 7 workloads, 1 repeat of 1 s); IOPS, latency, host CPU per I/O and spread;
         table, target/bench/results.json, target/bench/chart.svg; the NBD group (the image
-        served by qemu-storage-daemon to fio's nbd engine, our VMM and QEMU) runs when named:
-        --systems nbd-fio,vmm-nbd,qemu-nbd
+        served by qemu-storage-daemon to fio's nbd engine, our VMM, untuned and pinned, and
+        QEMU) runs when named: --systems nbd-fio,vmm-nbd,vmm-nbd-pinned,qemu-nbd
   soak --minutes N [--queues Q] [--io-mode M] [--completion poll|irq] [--seed S]
         mixed verified I/O at QD 64 over Q queues (default 2) for N minutes (fractions
         allowed); fails on any mismatch or failed request
