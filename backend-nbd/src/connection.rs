@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -173,6 +174,8 @@ pub(crate) enum Next {
 /// The state of one connection.
 pub(crate) struct Link {
     uri: NbdUri,
+    /// The server's TCP addresses, looked up when the export opened (none for Unix).
+    addrs: Vec<SocketAddr>,
     timeout: Duration,
     info: ExportInfo,
     counters: Arc<Counters>,
@@ -199,6 +202,7 @@ pub(crate) struct Link {
 impl Link {
     pub(crate) fn new(
         uri: NbdUri,
+        addrs: Vec<SocketAddr>,
         timeout: Duration,
         info: ExportInfo,
         fd: OwnedFd,
@@ -206,6 +210,7 @@ impl Link {
     ) -> Link {
         Link {
             uri,
+            addrs,
             timeout,
             info,
             counters,
@@ -743,8 +748,13 @@ fn add_socket(epoll: &Epoll, fd: &OwnedFd) -> io::Result<()> {
 }
 
 /// Connects again and checks that the export is the one the device was built on.
-fn attempt(uri: &NbdUri, timeout: Duration, was: ExportInfo) -> Result<OwnedFd, crate::NbdError> {
-    let (stream, info) = connect(uri, timeout.min(Duration::from_secs(2)))?;
+fn attempt(
+    uri: &NbdUri,
+    addrs: &[SocketAddr],
+    timeout: Duration,
+    was: ExportInfo,
+) -> Result<OwnedFd, crate::NbdError> {
+    let (stream, info) = connect(uri, addrs, timeout.min(Duration::from_secs(2)))?;
     if info.size != was.size {
         return Err(crate::NbdError::Changed {
             target: uri.to_string(),
@@ -786,11 +796,12 @@ pub(crate) fn supervise(shared: Arc<Shared>) {
             // if the server is back (it may be the server that keeps failing it).
             link.expire(Instant::now());
             if Instant::now() >= link.next_attempt {
-                let (uri, timeout, info) = (link.uri.clone(), link.timeout, link.info);
+                let (uri, addrs) = (link.uri.clone(), link.addrs.clone());
+                let (timeout, info) = (link.timeout, link.info);
                 // Hold off the next attempt while this one runs; engines keep queueing.
                 link.next_attempt = Instant::now() + timeout;
                 drop(link);
-                let outcome = attempt(&uri, timeout, info);
+                let outcome = attempt(&uri, &addrs, timeout, info);
                 lock(&shared.link).connected(outcome);
                 continue;
             }

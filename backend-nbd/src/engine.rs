@@ -11,7 +11,7 @@ use backend_raw::{Completion, Engine, EngineKind, Error, IoOp, WireTimes, MAX_IO
 use crate::connection::{lock, Buffers, Next, Shared, Sink, Submitted};
 use crate::handshake::ExportInfo;
 use crate::proto::*;
-use vmm_sys_util::epoll::{Epoll, EpollEvent};
+use vmm_sys_util::epoll::Epoll;
 
 /// An engine over one connection of an export ([`NbdExport::engine`](crate::NbdExport::engine)).
 ///
@@ -247,15 +247,21 @@ impl Engine for NbdEngine {
 
     fn wait(&mut self) -> Result<(), Error> {
         self.flush_submissions()?;
-        let mut events = [EpollEvent::default(); 2];
         loop {
             self.receive();
             self.collect();
             if self.in_flight == 0 || !self.ready.is_empty() {
                 return Ok(());
             }
-            // EINTR: look again. Other errors cannot happen on a valid set.
-            let _ = self.epoll.wait(-1, &mut events);
+            // `poll` on the epoll set (readable when any of its fds is): a pool worker may
+            // wait on one descriptor, not run an epoll loop. EINTR: look again.
+            let mut fd = libc::pollfd {
+                fd: self.epoll.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let _ = unsafe { libc::poll(&mut fd, 1, -1) };
             self.poked.set(true);
             // Already clear (EAGAIN) is fine; a completion after this read rings it again.
             let _ = self.sink.fd.read();

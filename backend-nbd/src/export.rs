@@ -10,15 +10,34 @@ use backend_raw::Engine;
 
 use crate::connection::{lock, supervise, Link, Shared, Sink};
 use crate::engine::NbdEngine;
-use crate::handshake::{connect, ExportInfo};
+use crate::handshake::{connect, resolve, ExportInfo};
 use crate::stats::{Counters, NbdStats, NbdStatsHandle};
 use crate::uri::NbdUri;
 use crate::NbdError;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+/// Called first thing in each connection's own thread (which reconnects and finishes sends),
+/// for example to confine it with seccomp. Compared by identity.
+#[derive(Clone)]
+pub struct ThreadStart(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for ThreadStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ThreadStart(..)")
+    }
+}
+
+impl PartialEq for ThreadStart {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for ThreadStart {}
+
 /// How to open an export.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NbdOptions {
     /// How long a request may wait for a lost connection to come back before it fails with
     /// `EIO`; also how long a connection may go without any reply while requests wait
@@ -30,6 +49,8 @@ pub struct NbdOptions {
     /// Refuse writes (`EBADF`) even where the server takes them, as if it had set
     /// `NBD_FLAG_READ_ONLY`.
     pub readonly: bool,
+    /// Run at the start of each connection's thread.
+    pub thread_start: Option<ThreadStart>,
 }
 
 impl Default for NbdOptions {
@@ -38,10 +59,12 @@ impl Default for NbdOptions {
             reconnect_timeout: Duration::from_secs(5),
             connections: 1,
             readonly: false,
+            thread_start: None,
         }
     }
 }
 
+/// One connection and its thread.
 struct Connection {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
@@ -73,7 +96,8 @@ impl NbdExport {
     /// Connects to `uri`, negotiates the export and starts the connection threads.
     pub fn open(uri: &NbdUri, opts: NbdOptions) -> Result<NbdExport, NbdError> {
         let handshake_timeout = opts.reconnect_timeout.max(Duration::from_secs(1));
-        let (stream, served) = connect(uri, handshake_timeout)?;
+        let addrs = resolve(uri)?;
+        let (stream, served) = connect(uri, &addrs, handshake_timeout)?;
         let mut info = served;
         if opts.readonly {
             info.flags |= crate::proto::NBD_FLAG_READ_ONLY;
@@ -86,21 +110,21 @@ impl NbdExport {
             next: AtomicUsize::new(0),
             counters,
         };
-        export.start(stream, opts.reconnect_timeout)?;
+        export.start(stream, &addrs, &opts)?;
         let wanted = if info.can_multi_conn() {
             opts.connections.max(1)
         } else {
             1
         };
         for _ in 1..wanted {
-            let (stream, more) = connect(uri, handshake_timeout)?;
+            let (stream, more) = connect(uri, &addrs, handshake_timeout)?;
             if more.size != served.size || more.flags != served.flags {
                 return Err(NbdError::Changed {
                     target: uri.to_string(),
                     what: "a second connection saw another export".into(),
                 });
             }
-            export.start(stream, opts.reconnect_timeout)?;
+            export.start(stream, &addrs, &opts)?;
         }
         Ok(export)
     }
@@ -108,7 +132,8 @@ impl NbdExport {
     fn start(
         &mut self,
         stream: crate::handshake::Stream,
-        timeout: Duration,
+        addrs: &[std::net::SocketAddr],
+        opts: &NbdOptions,
     ) -> Result<(), NbdError> {
         let fd = stream
             .into_nonblocking_fd()
@@ -118,7 +143,8 @@ impl NbdExport {
             })?;
         let link = Link::new(
             self.uri.clone(),
-            timeout,
+            addrs.to_vec(),
+            opts.reconnect_timeout,
             self.info,
             fd,
             self.counters.clone(),
@@ -126,9 +152,15 @@ impl NbdExport {
         let wake = EventFd::new(EFD_NONBLOCK).map_err(NbdError::EventFd)?;
         let shared = Arc::new(Shared::new(link, wake));
         let theirs = shared.clone();
+        let first = opts.thread_start.clone();
         let thread = std::thread::Builder::new()
             .name(format!("nbd-conn{}", self.conns.len()))
-            .spawn(move || supervise(theirs))
+            .spawn(move || {
+                if let Some(f) = first {
+                    (f.0)();
+                }
+                supervise(theirs)
+            })
             .map_err(NbdError::Thread)?;
         self.conns.push(Connection {
             shared,

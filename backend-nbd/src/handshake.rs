@@ -2,7 +2,7 @@
 //! negotiation" of `doc/proto.md`), done blocking with a deadline before transmission starts.
 
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
@@ -123,7 +123,31 @@ impl AsRawFd for Stream {
 }
 
 /// Connects to `uri` and negotiates its export, each socket operation bounded by `timeout`.
-pub(crate) fn connect(uri: &NbdUri, timeout: Duration) -> Result<(Stream, ExportInfo), NbdError> {
+/// The addresses of a TCP server (none for a Unix socket): looked up once, when the export
+/// opens, so that reconnecting needs no name lookup (nor the files and sockets it opens).
+pub(crate) fn resolve(uri: &NbdUri) -> Result<Vec<SocketAddr>, NbdError> {
+    match &uri.address {
+        NbdAddress::Unix(_) => Ok(Vec::new()),
+        NbdAddress::Tcp { host, port } => {
+            use std::net::ToSocketAddrs;
+            let addrs: Vec<SocketAddr> = (host.as_str(), *port)
+                .to_socket_addrs()
+                .map_err(|source| NbdError::Connect {
+                    target: uri.to_string(),
+                    source,
+                })?
+                .collect();
+            Ok(addrs)
+        }
+    }
+}
+
+/// Connects to `uri` (at `addrs`, from [`resolve`], for TCP) and negotiates its export.
+pub(crate) fn connect(
+    uri: &NbdUri,
+    addrs: &[SocketAddr],
+    timeout: Duration,
+) -> Result<(Stream, ExportInfo), NbdError> {
     let target = uri.to_string();
     let connect_err = |source| NbdError::Connect {
         target: target.clone(),
@@ -131,15 +155,11 @@ pub(crate) fn connect(uri: &NbdUri, timeout: Duration) -> Result<(Stream, Export
     };
     let mut stream = match &uri.address {
         NbdAddress::Unix(p) => Stream::Unix(UnixStream::connect(p).map_err(connect_err)?),
-        NbdAddress::Tcp { host, port } => {
-            use std::net::ToSocketAddrs;
-            let addrs = (host.as_str(), *port)
-                .to_socket_addrs()
-                .map_err(connect_err)?;
+        NbdAddress::Tcp { .. } => {
             let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
             let mut found = None;
             for a in addrs {
-                match TcpStream::connect_timeout(&a, timeout) {
+                match TcpStream::connect_timeout(a, timeout) {
                     Ok(s) => {
                         found = Some(s);
                         break;

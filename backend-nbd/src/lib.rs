@@ -12,7 +12,7 @@ mod uri;
 
 pub use engine::NbdEngine;
 pub use error::NbdError;
-pub use export::{NbdExport, NbdOptions};
+pub use export::{NbdExport, NbdOptions, ThreadStart};
 pub use handshake::{ExportInfo, DEFAULT_MAX_PAYLOAD};
 pub use stats::{NbdStats, NbdStatsHandle};
 pub use uri::{NbdAddress, NbdUri, UriError, NBD_DEFAULT_PORT};

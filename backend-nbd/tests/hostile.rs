@@ -169,6 +169,7 @@ fn read_guarded(how: Misbehaviour) -> (Result<u32, i32>, Duration, NbdStats) {
             reconnect_timeout: Duration::from_millis(300),
             connections: 1,
             readonly: false,
+            ..Default::default()
         },
     )
     .expect("the handshake itself is sound");

@@ -222,6 +222,7 @@ fn tcp_works_and_multi_conn_servers_get_a_connection_per_queue() {
             reconnect_timeout: Duration::from_secs(5),
             connections: 2,
             readonly: false,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -262,6 +263,7 @@ fn without_multi_conn_every_queue_shares_one_connection_and_readonly_holds() {
             reconnect_timeout: Duration::from_secs(5),
             connections: 4,
             readonly: true,
+            ..Default::default()
         },
     )
     .unwrap();

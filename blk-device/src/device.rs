@@ -76,7 +76,7 @@ impl BlockDevice {
         metrics: Arc<DeviceMetrics>,
     ) -> Result<Self, DeviceError> {
         check_config(cfg, &serve)?;
-        let disk = OpenDisk::open(cfg)?;
+        let disk = OpenDisk::open(cfg, &serve.hook)?;
         let offered = offered_features(&disk, cfg);
         let config = device_config(&disk, cfg, offered);
         if let Some(nbd) = disk.nbd_stats() {

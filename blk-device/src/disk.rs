@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use backend_nbd::{NbdExport, NbdOptions, NbdStatsHandle};
+use backend_nbd::{NbdExport, NbdOptions, NbdStatsHandle, ThreadStart};
 use backend_raw::{
     with_faults, Disk, DiskOptions, Engine, EngineKind, FaultSpec, IoOp, LogEngine, WriteLog,
 };
@@ -14,6 +14,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRe
 
 use crate::config::DiskConfig;
 use crate::error::DeviceError;
+use crate::threads::{ThreadHook, ThreadRole};
 
 /// An opened disk with what its `--disk` option asked for.
 #[derive(Debug)]
@@ -44,14 +45,19 @@ enum Backend {
 
 impl OpenDisk {
     /// Opens `cfg.path` the way `cfg` asks (read-only, `O_DIRECT`), or connects to
-    /// `cfg.uri`.
-    pub fn open(cfg: &DiskConfig) -> Result<Self, DeviceError> {
+    /// `cfg.uri`; an NBD connection's thread runs `hook` with [`ThreadRole::Connection`]
+    /// first.
+    pub fn open(cfg: &DiskConfig, hook: &ThreadHook) -> Result<Self, DeviceError> {
         let backend = match &cfg.uri {
             Some(uri) => {
+                let hook = hook.clone();
                 let opts = NbdOptions {
                     reconnect_timeout: cfg.reconnect_timeout,
                     connections: usize::from(cfg.queues),
                     readonly: cfg.readonly,
+                    thread_start: Some(ThreadStart(Arc::new(move || {
+                        hook.run(ThreadRole::Connection)
+                    }))),
                 };
                 let export = NbdExport::open(uri, opts).map_err(|e| DeviceError::Config {
                     path: cfg.path.clone(),

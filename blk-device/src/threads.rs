@@ -10,6 +10,9 @@ pub enum ThreadRole {
     Queue,
     /// A pool worker: does the I/O of parsed requests.
     Worker,
+    /// The thread of a connection to a network block server (NBD): reconnects (a socket,
+    /// `connect`, the handshake) and finishes sends the socket could not take at once.
+    Connection,
 }
 
 /// Called first thing in every thread the device model starts. Cheap to clone.

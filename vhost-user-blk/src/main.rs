@@ -85,6 +85,7 @@ fn confine(mode: SeccompMode) -> ThreadHook {
         let kind = match role {
             ThreadRole::Queue => ThreadKind::Device,
             ThreadRole::Worker => ThreadKind::Worker,
+            ThreadRole::Connection => ThreadKind::Network,
         };
         if let Err(e) = vmm::seccomp::apply(kind, violation) {
             // An unconfined ring thread would serve a hostile guest without its filter.

@@ -58,16 +58,21 @@ pub enum ThreadKind {
     /// The `--metrics-interval` thread: rewrites the metrics file (a temporary file renamed
     /// over it) every interval.
     Metrics,
+    /// The thread of a connection to an NBD server: reconnects (a Unix or TCP socket,
+    /// `connect`, the handshake; the server's address was looked up before), waits for room
+    /// to finish a send, and adds a new socket to the queues' epoll sets.
+    Network,
 }
 
 impl ThreadKind {
     /// Every kind, for loops in tests and documentation.
-    pub const ALL: [ThreadKind; 5] = [
+    pub const ALL: [ThreadKind; 6] = [
         ThreadKind::Vcpu,
         ThreadKind::Device,
         ThreadKind::Worker,
         ThreadKind::Main,
         ThreadKind::Metrics,
+        ThreadKind::Network,
     ];
 
     fn name(self) -> &'static str {
@@ -77,6 +82,7 @@ impl ThreadKind {
             ThreadKind::Worker => "worker",
             ThreadKind::Main => "main",
             ThreadKind::Metrics => "metrics",
+            ThreadKind::Network => "network",
         }
     }
 }
@@ -442,8 +448,44 @@ fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
             r.ioctls(&[KVM_IOEVENTFD, KVM_IRQFD, KVM_SET_GSI_ROUTING])?;
         }
         ThreadKind::Metrics => output_files(&mut r)?,
+        ThreadKind::Network => network(&mut r)?,
     }
     Ok(r)
+}
+
+/// An NBD connection's thread: a stream socket of the server's family, connected with a
+/// timeout (non-blocking connect, `poll`, `SO_ERROR`), socket timeouts and `TCP_NODELAY` set
+/// for the handshake, then the same sends and receives as a queue's, and `epoll_ctl` to add
+/// the new socket to each queue's set.
+fn network(r: &mut Rules) -> Result<(), BackendError> {
+    r.allow_values(
+        libc::SYS_socket,
+        0,
+        &[
+            libc::AF_UNIX as u64,
+            libc::AF_INET as u64,
+            libc::AF_INET6 as u64,
+        ],
+    )?;
+    r.allow(&[
+        libc::SYS_connect,
+        libc::SYS_getsockopt,
+        libc::SYS_setsockopt,
+        libc::SYS_poll,
+        libc::SYS_ppoll,
+        libc::SYS_sendto,
+        libc::SYS_sendmsg,
+        libc::SYS_recvfrom,
+        libc::SYS_recvmsg,
+        libc::SYS_epoll_ctl,
+    ]);
+    // `set_nonblocking` (FIONBIO) around a connect with a timeout.
+    r.ioctls(&[libc::FIONBIO])?;
+    r.allow_values(
+        libc::SYS_fcntl,
+        1,
+        &[libc::F_GETFL as u64, libc::F_SETFL as u64],
+    )
 }
 
 /// What any running Rust thread needs: locks and channels (futex), sleeping, the allocator,
@@ -503,13 +545,12 @@ fn disk_io(r: &mut Rules) -> Result<(), BackendError> {
         // A throttled queue arms its timer (or a group member's) when tokens run out.
         libc::SYS_timerfd_settime,
         // An NBD disk's engine writes its requests to the server's socket and reads the
-        // replies from the thread that serves the queue, and waits on the socket's epoll
-        // set when it must block (no socket is created or connected here).
+        // replies from the thread that serves the queue, and polls its epoll set when it
+        // must block (no socket is created or connected here).
         libc::SYS_sendmsg,
         libc::SYS_recvfrom,
         libc::SYS_recvmsg,
-        libc::SYS_epoll_wait,
-        libc::SYS_epoll_pwait,
+        libc::SYS_poll,
     ]);
     r.ioctls(&[BLKDISCARD])
 }

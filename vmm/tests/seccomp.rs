@@ -154,7 +154,13 @@ fn every_kind_keeps_its_work_and_loses_the_rest() {
             (socket(), openat(), execve(), fork(), clock_gettime())
         });
         assert_eq!(clock, 0, "{kind}: clock_gettime");
-        assert_eq!(socket, libc::EPERM, "{kind}: socket");
+        // Only an NBD connection's thread makes sockets (to reconnect).
+        let want_socket = if kind == ThreadKind::Network {
+            0
+        } else {
+            libc::EPERM
+        };
+        assert_eq!(socket, want_socket, "{kind}: socket");
         // Refused with EACCES whatever the violation action: glibc copes with that.
         assert_eq!(openat, libc::EACCES, "{kind}: openat");
         assert_eq!(execve, libc::EPERM, "{kind}: execve");
@@ -224,6 +230,61 @@ fn a_vcpu_thread_starts_device_and_worker_threads() {
         assert_eq!(socket, libc::EPERM, "{kind}: socket");
         assert_eq!(run, libc::EPERM, "{kind}: KVM_RUN");
     }
+}
+
+#[test]
+fn a_network_thread_connects_as_an_nbd_reconnection_does() {
+    // What backend-nbd's connection thread does on a reconnection: a Unix or TCP connect
+    // (with a timeout), socket options, a blocking handshake, then a non-blocking socket
+    // added to a queue's epoll set.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s");
+    let unix = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let epoll = vmm_sys_util::epoll::Epoll::new().unwrap();
+    let set = std::os::fd::AsRawFd::as_raw_fd(&epoll);
+    let (u, t) = in_thread(move || {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        use std::time::Duration;
+        apply(ThreadKind::Network, EPERM).unwrap();
+        let u = std::os::unix::net::UnixStream::connect(&path).and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(1)))?;
+            s.write_all(b"hello")?;
+            s.set_nonblocking(true)?;
+            Ok(())
+        });
+        let t = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).and_then(
+            |mut s| {
+                s.set_nodelay(true)?;
+                s.set_write_timeout(Some(Duration::from_secs(1)))?;
+                s.write_all(b"hello")?;
+                s.set_nonblocking(true)?;
+                let ev = libc::epoll_event {
+                    events: libc::EPOLLIN as u32,
+                    u64: 1,
+                };
+                // SAFETY: adds a live socket to a live epoll set with a valid event.
+                let added = unsafe {
+                    libc::epoll_ctl(
+                        set,
+                        libc::EPOLL_CTL_ADD,
+                        s.as_raw_fd(),
+                        &ev as *const _ as *mut _,
+                    )
+                };
+                match added {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                }
+            },
+        );
+        (u.map_err(|e| e.to_string()), t.map_err(|e| e.to_string()))
+    });
+    assert_eq!(u, Ok(()), "unix");
+    assert_eq!(t, Ok(()), "tcp");
+    drop((unix, tcp, epoll));
 }
 
 #[test]
@@ -327,7 +388,8 @@ fn kill_child() {
         let line = b"filter applied\n";
         // SAFETY: writes a buffer we own to stdout.
         unsafe { libc::write(1, line.as_ptr().cast(), line.len()) };
-        socket();
+        // No kind may execute a program (sockets, the old probe, are a network thread's).
+        execve();
         // Not reached: the kernel killed the process.
         // SAFETY: write as above.
         unsafe { libc::write(1, b"survived\n".as_ptr().cast(), 9) };
@@ -388,13 +450,22 @@ fn unfiltered_threads(pid: u32) -> (Vec<String>, usize) {
 /// Starts the VMM with the guest's benchmark in `io_mode` (plus `extra` options), waits until
 /// the guest's I/O runs, and returns what [`unfiltered_threads`] finds then.
 fn threads_while_running(io_mode: &str, extra: &[&str]) -> (Vec<String>, usize) {
-    use std::io::{BufRead, BufReader};
-    real_guest::require_kvm();
     let dir = tempfile::tempdir().expect("tempdir");
     let image = dir.path().join("disk.img");
     std::fs::File::create(&image)
         .and_then(|f| f.set_len(64 << 20))
         .expect("image");
+    threads_while_serving(
+        io_mode,
+        extra,
+        &format!("path={},queues=2", image.display()),
+    )
+}
+
+/// [`threads_while_running`] on the disk `--disk disk` names.
+fn threads_while_serving(io_mode: &str, extra: &[&str], disk: &str) -> (Vec<String>, usize) {
+    use std::io::{BufRead, BufReader};
+    real_guest::require_kvm();
     let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
         .arg("--kernel")
         .arg(real_guest::guest_elf())
@@ -405,7 +476,7 @@ fn threads_while_running(io_mode: &str, extra: &[&str]) -> (Vec<String>, usize) 
             "tests=none bench=randread bs=4096 qd=32 secs=3 completion=poll",
         ])
         .arg("--disk")
-        .arg(format!("path={},queues=2", image.display()))
+        .arg(disk)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -441,4 +512,30 @@ fn every_thread_of_a_running_vmm_is_filtered() {
     // The check can fail: with --seccomp off no thread is filtered, and it says so.
     let (unfiltered, threads) = threads_while_running("dataplane", &["--seccomp", "off"]);
     assert_eq!(unfiltered.len(), threads, "--seccomp off: {unfiltered:?}");
+}
+
+#[test]
+fn the_connection_threads_of_an_nbd_disk_are_filtered() {
+    // nbdkit's memory plugin allows several connections: one per queue, each with a thread.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("nbd.sock");
+    let mut server = Command::new("nbdkit")
+        .arg("-U")
+        .arg(&sock)
+        .args(["-f", "memory", "size=64M"])
+        .spawn()
+        .expect("start nbdkit (.ci/run installs it)");
+    let t = std::time::Instant::now();
+    while !sock.exists() && t.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let disk = format!("uri=nbd+unix:///?socket={},queues=2", sock.display());
+    let (unfiltered, threads) = threads_while_serving("dataplane", &[], &disk);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(threads >= 5, "only {threads} threads seen");
+    assert!(
+        unfiltered.is_empty(),
+        "threads without a seccomp filter after set-up: {unfiltered:?}"
+    );
 }

@@ -114,6 +114,7 @@ pub fn open(uri: &NbdUri, timeout_ms: u64) -> NbdExport {
             reconnect_timeout: Duration::from_millis(timeout_ms),
             connections: 1,
             readonly: false,
+            ..Default::default()
         },
     )
     .expect("open the export")

@@ -113,6 +113,7 @@ fn thread_hook(cpus: Option<Vec<usize>>) -> ThreadHook {
         apply_thread(match role {
             ThreadRole::Queue => ThreadKind::Device,
             ThreadRole::Worker => ThreadKind::Worker,
+            ThreadRole::Connection => ThreadKind::Network,
         })
     })
 }
