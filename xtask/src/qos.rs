@@ -206,8 +206,8 @@ pub fn run(root: &Path, vmm: &Path, quick: bool) -> Result<bool, String> {
     rows.push(Row::within("burst: after it", 1000.0, after, "IOPS", 5.0));
 
     println!("== qos: two disks in a group of 4,000 IOPS");
-    // At least 4 s even in the quick form: in 2 s one fresh-clone CI run split 1802/2234,
-    // where runs usually agree within a few percent; the turns even out over longer runs.
+    // At least 4 s even in the quick form: over 2 s the turns between the two disks did not
+    // always even out on a loaded host (one CI run fell outside the bound).
     let r = b.run(
         &[",group=g", ",group=g"],
         &["--throttle-group", "name=g,iops=4000"],
