@@ -553,15 +553,7 @@ impl Link {
                         scatter(&p.req.buffers.0, got, &self.buf[self.start..self.start + n])
                     };
                     self.start += n;
-                    if got + n == total {
-                        live.rx = Rx::Header;
-                        self.finish(cookie, Ok(total as u32), own);
-                    } else {
-                        live.rx = Rx::Payload {
-                            cookie,
-                            got: got + n,
-                        };
-                    }
+                    self.took_payload(n, own);
                 }
             }
         }

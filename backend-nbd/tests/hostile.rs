@@ -2,6 +2,8 @@
 //! request with EIO once the reconnect timeout passes (the server misbehaves again on every
 //! reconnection), never hang, and never write outside the request's buffer.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +13,7 @@ use std::time::{Duration, Instant};
 use backend_nbd::proto::*;
 use backend_nbd::{NbdExport, NbdOptions, NbdStats, NbdUri};
 use backend_raw::{Completion, IoOp};
+use common::serve_handshake;
 
 const SIZE: u64 = 1 << 20;
 
@@ -30,44 +33,12 @@ enum Misbehaviour {
     SizeChange,
 }
 
-/// The server side of the handshake; `size` is the export size it announces.
-fn handshake(s: &mut UnixStream, size: u64) -> std::io::Result<()> {
-    let mut hello = Vec::new();
-    hello.extend_from_slice(&NBDMAGIC.to_be_bytes());
-    hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
-    hello.extend_from_slice(&(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES).to_be_bytes());
-    s.write_all(&hello)?;
-    let mut flags = [0u8; 4];
-    s.read_exact(&mut flags)?;
-    let mut opt = [0u8; 16];
-    s.read_exact(&mut opt)?;
-    assert_eq!(be64(&opt[0..8]), IHAVEOPT);
-    assert_eq!(be32(&opt[8..12]), NBD_OPT_GO);
-    let mut data = vec![0u8; be32(&opt[12..16]) as usize];
-    s.read_exact(&mut data)?;
-    let reply = |kind: u32, payload: &[u8]| {
-        let mut r = Vec::new();
-        r.extend_from_slice(&OPT_REPLY_MAGIC.to_be_bytes());
-        r.extend_from_slice(&NBD_OPT_GO.to_be_bytes());
-        r.extend_from_slice(&kind.to_be_bytes());
-        r.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        r.extend_from_slice(payload);
-        r
-    };
-    let mut info = Vec::new();
-    info.extend_from_slice(&NBD_INFO_EXPORT.to_be_bytes());
-    info.extend_from_slice(&size.to_be_bytes());
-    info.extend_from_slice(&(NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH).to_be_bytes());
-    s.write_all(&reply(NBD_REP_INFO, &info))?;
-    s.write_all(&reply(NBD_REP_ACK, &[]))
-}
-
 fn serve(mut s: UnixStream, how: Misbehaviour, connection: usize) -> std::io::Result<()> {
     let size = match (how, connection) {
         (Misbehaviour::SizeChange, c) if c > 0 => SIZE * 2,
         _ => SIZE,
     };
-    handshake(&mut s, size)?;
+    serve_handshake(&mut s, size, None)?;
     loop {
         let mut h = [0u8; REQUEST_LEN];
         s.read_exact(&mut h)?;

@@ -1,13 +1,16 @@
 //! A server whose maximum payload is small: larger reads and writes are cut into commands it
 //! takes, and the guest still sees one request with all its bytes in place.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{Arc, Mutex};
 
 use backend_nbd::proto::*;
 use backend_nbd::{NbdExport, NbdOptions, NbdUri};
-use backend_raw::{Completion, Engine, IoOp};
+use backend_raw::IoOp;
+use common::{run_iov, serve_handshake};
 
 const SIZE: u64 = 1 << 20;
 const MIN_BLOCK: u32 = 512;
@@ -20,45 +23,10 @@ struct Seen {
     lengths: Vec<u32>,
 }
 
-fn handshake(s: &mut UnixStream) -> std::io::Result<()> {
-    let mut hello = Vec::new();
-    hello.extend_from_slice(&NBDMAGIC.to_be_bytes());
-    hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
-    hello.extend_from_slice(&(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES).to_be_bytes());
-    s.write_all(&hello)?;
-    let mut flags = [0u8; 4];
-    s.read_exact(&mut flags)?;
-    let mut opt = [0u8; 16];
-    s.read_exact(&mut opt)?;
-    let mut data = vec![0u8; u32::from_be_bytes(opt[12..16].try_into().unwrap()) as usize];
-    s.read_exact(&mut data)?;
-    let reply = |kind: u32, payload: &[u8]| {
-        let mut r = Vec::new();
-        r.extend_from_slice(&OPT_REPLY_MAGIC.to_be_bytes());
-        r.extend_from_slice(&NBD_OPT_GO.to_be_bytes());
-        r.extend_from_slice(&kind.to_be_bytes());
-        r.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        r.extend_from_slice(payload);
-        r
-    };
-    let mut info = Vec::new();
-    info.extend_from_slice(&NBD_INFO_EXPORT.to_be_bytes());
-    info.extend_from_slice(&SIZE.to_be_bytes());
-    info.extend_from_slice(&(NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH).to_be_bytes());
-    s.write_all(&reply(NBD_REP_INFO, &info))?;
-    let mut sizes = Vec::new();
-    sizes.extend_from_slice(&NBD_INFO_BLOCK_SIZE.to_be_bytes());
-    for v in [MIN_BLOCK, 4096, MAX_PAYLOAD] {
-        sizes.extend_from_slice(&v.to_be_bytes());
-    }
-    s.write_all(&reply(NBD_REP_INFO, &sizes))?;
-    s.write_all(&reply(NBD_REP_ACK, &[]))
-}
-
 /// Serves reads and writes of the shared disk; a data command over the maximum payload gets
 /// `EINVAL` (22), as a strict server answers it.
 fn serve(mut s: UnixStream, seen: Arc<Mutex<Seen>>) -> std::io::Result<()> {
-    handshake(&mut s)?;
+    serve_handshake(&mut s, SIZE, Some([MIN_BLOCK, 4096, MAX_PAYLOAD]))?;
     loop {
         let mut h = [0u8; REQUEST_LEN];
         s.read_exact(&mut h)?;
@@ -104,21 +72,6 @@ fn start(dir: &tempfile::TempDir, seen: Arc<Mutex<Seen>>) -> NbdUri {
         .unwrap()
 }
 
-/// Runs one request to completion on `e`.
-fn run(e: &mut Box<dyn Engine>, op: IoOp, iov: &[libc::iovec]) -> Result<u32, i32> {
-    // SAFETY: the caller's buffers outlive the request, which is reaped before returning.
-    unsafe { e.submit(op, iov, 7).unwrap() };
-    e.flush_submissions().unwrap();
-    let mut done: Vec<Completion> = Vec::new();
-    while done.is_empty() {
-        e.wait().unwrap();
-        e.reap(&mut done);
-    }
-    assert_eq!(done.len(), 1, "one request, one completion: {done:?}");
-    assert_eq!(e.in_flight(), 0);
-    done[0].result
-}
-
 #[test]
 fn requests_above_the_maximum_payload_are_cut_into_commands_the_server_takes() {
     let seen = Arc::new(Mutex::new(Seen {
@@ -143,7 +96,9 @@ fn requests_above_the_maximum_payload_are_cut_into_commands_the_server_takes() {
         },
     ];
     let at = 8192u64;
-    assert_eq!(run(&mut e, IoOp::Read { offset: at }, &iov), Ok(10240));
+    // SAFETY: `a` and `b` outlive the request.
+    let r = unsafe { run_iov(&mut *e, IoOp::Read { offset: at }, &iov) };
+    assert_eq!(r, Ok(10240));
     let got: Vec<u8> = a.iter().chain(b.iter()).copied().collect();
     let want: Vec<u8> = (at..at + 10240).map(|i| (i % 251) as u8).collect();
     assert!(got == want, "the read's bytes are out of place");
@@ -155,7 +110,9 @@ fn requests_above_the_maximum_payload_are_cut_into_commands_the_server_takes() {
         iov_base: w.as_mut_ptr().cast(),
         iov_len: w.len(),
     }];
-    assert_eq!(run(&mut e, IoOp::Write { offset: 4096 }, &iov), Ok(10240));
+    // SAFETY: `w` outlives the request.
+    let r = unsafe { run_iov(&mut *e, IoOp::Write { offset: 4096 }, &iov) };
+    assert_eq!(r, Ok(10240));
     let s = seen.lock().unwrap();
     assert!(
         s.disk[4096..4096 + 10240] == w[..],

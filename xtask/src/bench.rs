@@ -435,6 +435,19 @@ fn guest_summary(out: &RunOutput) -> Result<Summary, String> {
     Ok(s)
 }
 
+/// The start of a `--disk` option: the NBD URI `nbd` if given, else `image`, with O_DIRECT
+/// unless the case runs from the page cache (`shm`).
+pub fn disk_target(image: &Path, nbd: Option<&str>, shm: bool) -> String {
+    match nbd {
+        Some(uri) => format!("uri={uri}"),
+        None => format!(
+            "path={},direct={}",
+            image.display(),
+            if shm { "off" } else { "on" }
+        ),
+    }
+}
+
 /// Our VMM as `vmm` says, on `image`, or with `nbd` on that NBD URI.
 fn run_vmm(
     setup: &Setup,
@@ -456,16 +469,11 @@ fn run_vmm(
         cmd.arg("--trace").arg(&trace_file);
     }
     cmd.args(["--cmdline", &cmdline]);
-    let target = match nbd {
-        Some(uri) => format!("uri={uri}"),
-        None => format!(
-            "path={},direct={}",
-            image.display(),
-            if case.shm { "off" } else { "on" }
-        ),
-    };
-    cmd.arg("--disk")
-        .arg(format!("{target},engine=io_uring,serial=bench{}", vmm.disk));
+    cmd.arg("--disk").arg(format!(
+        "{},engine=io_uring,serial=bench{}",
+        disk_target(image, nbd, case.shm),
+        vmm.disk
+    ));
     let out = run_guest(
         cmd,
         Peer::Vmm,

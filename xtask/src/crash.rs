@@ -20,6 +20,28 @@ use xtask::guest::build_guest;
 use xtask::pattern::{mix64, Rng};
 use xtask::report::tail;
 
+/// [`run_until_killed`], then what the guest said: its pattern seed and the writes each FLUSH
+/// covered. Fails if the guest reported a failure or printed no seed.
+pub fn run_and_log(
+    vmm: Command,
+    kill_after: usize,
+    delay: Duration,
+) -> Result<(u64, Vec<Flushed>), String> {
+    let lines = run_until_killed(vmm, kill_after, delay)?;
+    let out = lines.join("\n");
+    if out.contains("TEST durability FAIL") {
+        return Err(format!("the guest reported a failure:\n{}", tail(&out, 20)));
+    }
+    let seed = lines
+        .iter()
+        .find_map(|l| parse_seed(l))
+        .ok_or_else(|| format!("no DURABILITY line:\n{}", tail(&out, 20)))?;
+    Ok((
+        seed,
+        lines.iter().filter_map(|l| parse_flushed(l)).collect(),
+    ))
+}
+
 /// Image of one run.
 const IMAGE_BYTES: u64 = 16 << 20;
 /// Images rebuilt per crash point, each keeping another random subset of the unflushed writes.
@@ -198,16 +220,7 @@ impl CrashPoint {
                 &format!("tests=durability seed={:#x}", self.guest_seed),
             ])
             .args(["--disk", &disk]);
-        let lines = run_until_killed(cmd, self.kill_after, self.delay)?;
-        let out = lines.join("\n");
-        if out.contains("TEST durability FAIL") {
-            return Err(format!("the guest reported a failure:\n{}", tail(&out, 20)));
-        }
-        let seed = lines
-            .iter()
-            .find_map(|l| parse_seed(l))
-            .ok_or_else(|| format!("no DURABILITY line:\n{}", tail(&out, 20)))?;
-        let listed: Vec<Flushed> = lines.iter().filter_map(|l| parse_flushed(l)).collect();
+        let (seed, listed) = run_and_log(cmd, self.kill_after, self.delay)?;
         let bytes =
             std::fs::read(&log).map_err(|e| format!("cannot read {}: {e}", log.display()))?;
         let records = parse_log(&bytes);

@@ -12,11 +12,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use xtask::durability::{check, parse_flushed, parse_seed, run_until_killed, Flushed};
+use crate::crash::run_and_log;
+use xtask::durability::check;
 use xtask::guest::build_guest;
 use xtask::nbd_server::{NbdServer, NbdServerKind};
 use xtask::pattern::mix64;
-use xtask::report::tail;
 
 /// Size of the written image.
 const IMAGE_BYTES: usize = 32 << 20;
@@ -114,16 +114,7 @@ fn run_one(
     if let Some(mode) = io_mode {
         cmd.args(["--io-mode", mode]);
     }
-    let lines = run_until_killed(cmd, KILL_AFTER_FLUSHES, KILL_DELAY)?;
-    let out = lines.join("\n");
-    if out.contains("TEST durability FAIL") {
-        return Err(format!("the guest reported a failure:\n{}", tail(&out, 20)));
-    }
-    let seed = lines
-        .iter()
-        .find_map(|l| parse_seed(l))
-        .ok_or_else(|| format!("no DURABILITY line:\n{}", tail(&out, 20)))?;
-    let listed: Vec<Flushed> = lines.iter().filter_map(|l| parse_flushed(l)).collect();
+    let (seed, listed) = run_and_log(cmd, KILL_AFTER_FLUSHES, KILL_DELAY)?;
 
     // A server killed without a chance to write back: what it acknowledged as flushed must
     // already be in the image.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use xtask::bench::{parse_guest_result, Case, CASES};
+use xtask::bench::{disk_target, parse_guest_result, Case, CASES};
 use xtask::guest::{build_guest, build_vmm};
 use xtask::runner::{ensure_image, run_guest, Peer};
 
@@ -179,16 +179,10 @@ pub fn run_mode(
         .arg(guest)
         .args(["--memory", "256M", "--io-mode", mode]);
     cmd.args(["--cmdline", &cmdline(case, SECS)]);
-    let target = match nbd {
-        Some(uri) => format!("uri={uri}"),
-        None => format!(
-            "path={},direct={}",
-            image.display(),
-            if case.shm { "off" } else { "on" }
-        ),
-    };
-    cmd.arg("--disk")
-        .arg(format!("{target},engine=io_uring,serial=trace"));
+    cmd.arg("--disk").arg(format!(
+        "{},engine=io_uring,serial=trace",
+        disk_target(image, nbd, case.shm)
+    ));
     cmd.arg("--trace")
         .arg(&trace)
         .arg("--metrics")
