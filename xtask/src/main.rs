@@ -43,7 +43,7 @@ commands:
         (qemu-storage-daemon, then nbdkit; --backend picks one), the VMM is killed, the
         server restarted, and QEMU's NBD client (qemu-img convert) reads it back: every
         flushed block must hold its data and the bytes must equal the image file's
-  bench [--quick] [--systems a,b,...]
+  bench [--quick] [--systems a,b,...] [--workload W]
         the talk's experiment: bare metal (fio and our runner), our VMM untuned and in each
         io mode, and QEMU, same image and workloads, 5 interleaved repeats of 4 s (--quick:
         5 of the 7 workloads, 1 repeat of 1 s); IOPS, latency, host CPU per I/O and spread;
@@ -376,7 +376,20 @@ fn cmd_bench(opts: &Options) -> Result<bool, String> {
     } else {
         (4, 5, 1u64 << 30)
     };
-    let cases = bench::cases(opts.quick);
+    let mut cases = bench::cases(opts.quick);
+    if let Some(w) = &opts.workload {
+        cases.retain(|c| c.name == w.as_str());
+        if cases.is_empty() {
+            return Err(format!(
+                "unknown workload {w}; known: {}",
+                bench::cases(opts.quick)
+                    .iter()
+                    .map(|c| c.name)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ));
+        }
+    }
     let out_dir = root.join("target/bench");
     let needs_guest = systems.iter().any(|s| !bench::is_bare_metal(s));
     let needs_vmm = systems.iter().any(|s| bench::is_vmm(s));
