@@ -47,6 +47,55 @@ impl CpuAffinity {
         }
         Ok(a)
     }
+
+    /// The CPUs of the I/O threads: `io=` when given; with only `vcpu=`, every CPU this
+    /// process may use but the vCPUs' (the I/O threads are started by a vCPU thread and would
+    /// otherwise inherit its pin, stacking a queue thread on the core a polling vCPU holds);
+    /// `None` without either.
+    ///
+    /// ```
+    /// use vmm::affinity::CpuAffinity;
+    /// let a = CpuAffinity::parse("vcpu=0").unwrap();
+    /// assert!(a.io_cpus().is_some_and(|io| !io.contains(&0) || io == [0]));
+    /// assert_eq!(CpuAffinity::default().io_cpus(), None);
+    /// ```
+    pub fn io_cpus(&self) -> Option<Vec<usize>> {
+        match (&self.io, &self.vcpu) {
+            (Some(io), _) => Some(io.clone()),
+            (None, Some(vcpu)) => Some(others(&allowed_cpus(), vcpu)),
+            (None, None) => None,
+        }
+    }
+}
+
+/// The CPUs in `allowed` that are not in `taken`; all of `allowed` if none is left.
+fn others(allowed: &[usize], taken: &[usize]) -> Vec<usize> {
+    let rest: Vec<usize> = allowed
+        .iter()
+        .copied()
+        .filter(|c| !taken.contains(c))
+        .collect();
+    if rest.is_empty() {
+        allowed.to_vec()
+    } else {
+        rest
+    }
+}
+
+/// The CPUs the calling thread may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: an all-zero cpu_set_t is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pid 0 is this thread; the set is a valid cpu_set_t of the size passed.
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return Vec::new();
+    }
+    // SAFETY: `set` was filled by the kernel; every index is inside its 1024 bits.
+    (0..=MAX_CPU)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
 }
 
 fn parse_list(list: &str) -> Option<Vec<usize>> {
@@ -91,6 +140,14 @@ pub fn pin_current_thread(cpus: &[usize]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn io_threads_avoid_the_vcpus_when_only_vcpus_are_pinned() {
+        assert_eq!(others(&[0, 1, 2, 3], &[0, 2]), [1, 3]);
+        assert_eq!(others(&[0], &[0]), [0]);
+        let io = CpuAffinity::parse("io=3").unwrap();
+        assert_eq!(io.io_cpus(), Some(vec![3]));
+    }
 
     #[test]
     fn lists_and_errors() {

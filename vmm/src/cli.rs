@@ -80,7 +80,8 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = SeccompMode::On)]
     pub seccomp: SeccompMode,
     /// Pin threads to host CPUs: `vcpu=LIST,io=LIST` (LIST: CPU numbers and ranges joined by
-    /// `:`, e.g. `0:2-3`); `io` covers queue threads, pool workers and the shared I/O thread.
+    /// `:`, e.g. `0:2-3`); `io` covers queue threads, pool workers and the shared I/O thread,
+    /// which take the CPUs the vCPUs do not when only `vcpu` is given.
     #[arg(long, value_name = "vcpu=LIST,io=LIST")]
     pub cpu_affinity: Option<String>,
 }

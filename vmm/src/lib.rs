@@ -259,7 +259,7 @@ pub fn attach_disks(
     let mut bars = platform.bars.clone();
     let iothread = if config.io_mode.properties().shared_loop {
         Some(Arc::new(
-            virtio_blk::shared_loop(platform.vm_lock.clone(), config.cpu_affinity.io.clone())
+            virtio_blk::shared_loop(platform.vm_lock.clone(), config.cpu_affinity.io_cpus())
                 .map_err(|source| Error::Thread {
                     what: "the I/O thread",
                     source,
@@ -296,7 +296,7 @@ pub fn attach_disks(
             poll_in_flight: config.poll_in_flight,
             workers,
             handoff_depth: config.handoff_depth,
-            io_cpus: config.cpu_affinity.io.clone(),
+            io_cpus: config.cpu_affinity.io_cpus(),
             iothread: iothread.clone(),
             tracer: tracer.clone(),
             device_index: index,
