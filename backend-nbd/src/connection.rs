@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use backend_raw::{Completion, WireTimes, MAX_IOVECS};
+use backend_raw::{rdtsc, Completion, WireTimes, MAX_IOVECS};
 
 use crate::handshake::{connect, ExportInfo};
 use crate::proto::*;
@@ -38,17 +38,11 @@ const BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// than copied through the receive buffer (at the cost of a system call for the header).
 const DIRECT_READ: u32 = 32 * 1024;
 /// epoll tag of the socket in an engine's set (its own eventfd is 0).
-pub(crate) const SOCKET_TAG: u64 = 1;
+const SOCKET_TAG: u64 = 1;
 
 /// Locks `m`, also after a panic elsewhere: the data (queues of plain values) stays valid.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The host's time stamp counter, for the network stages of a request's trace.
-fn rdtsc() -> u64 {
-    // SAFETY: rdtsc has no memory effects and exists on every x86-64 CPU.
-    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 /// Where one engine's completions go when another thread finishes its requests: a list and
@@ -676,7 +670,7 @@ impl Link {
 
     /// How the connection's thread sleeps: the socket to watch for room (with bytes waiting to
     /// be sent), and until when (a stall check, a deadline or the next attempt).
-    fn sleep_plan(&self, stopping: bool) -> (Option<libc::c_int>, Option<Instant>) {
+    fn sleep_plan(&self, stopping: bool) -> (Option<libc::c_int>, Instant) {
         match &self.live {
             Some(live) => {
                 let fd = (!self.send.is_empty()).then(|| live.fd.as_raw_fd());
@@ -687,7 +681,7 @@ impl Link {
                     false => live.progress + self.timeout,
                     true => Instant::now() + self.timeout / 2,
                 };
-                (fd, Some(until))
+                (fd, until)
             }
             None => {
                 let first_deadline = self.table.values().filter_map(|p| p.deadline).min();
@@ -696,7 +690,7 @@ impl Link {
                     None if stopping => Instant::now(),
                     None => self.next_attempt,
                 };
-                (None, Some(until))
+                (None, until)
             }
         }
     }
@@ -805,7 +799,7 @@ pub(crate) fn supervise(shared: Arc<Shared>) {
 }
 
 /// Sleeps until the wake eventfd rings, `socket` (if any) has room, or `until`.
-fn sleep(wake: &EventFd, socket: Option<libc::c_int>, until: Option<Instant>) {
+fn sleep(wake: &EventFd, socket: Option<libc::c_int>, until: Instant) {
     let mut fds = [
         libc::pollfd {
             fd: wake.as_raw_fd(),
@@ -819,13 +813,8 @@ fn sleep(wake: &EventFd, socket: Option<libc::c_int>, until: Option<Instant>) {
             revents: 0,
         },
     ];
-    let timeout_ms = match until {
-        None => -1,
-        Some(t) => {
-            let ms = t.saturating_duration_since(Instant::now()).as_millis() + 1;
-            i32::try_from(ms).unwrap_or(i32::MAX)
-        }
-    };
+    let ms = until.saturating_duration_since(Instant::now()).as_millis() + 1;
+    let timeout_ms = i32::try_from(ms).unwrap_or(i32::MAX);
     // SAFETY: `fds` holds two valid pollfds. EINTR just ends the sleep early.
     let _ = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
 }

@@ -184,16 +184,27 @@ impl Engine for NbdEngine {
             Err(errno) => self.fail_now(user_data, errno),
             Ok((kind, flags, offset, length)) => {
                 let limit = self.part_limit(kind);
-                let parts: Vec<Part> = match (length > limit, data) {
-                    (false, _) => {
-                        vec![(0, length, if data { iovecs.to_vec() } else { Vec::new() })]
-                    }
-                    (true, true) => cut(iovecs, limit),
-                    (true, false) => (0..length.div_ceil(limit))
-                        .map(|i| (i * limit, limit.min(length - i * limit), Vec::new()))
-                        .collect(),
+                let sink = &self.sink;
+                let command = |at: u64, len: u64, buffers: Vec<libc::iovec>| Submitted {
+                    sink: sink.clone(),
+                    user_data,
+                    kind,
+                    flags,
+                    offset: offset + at,
+                    // At most `limit`, which fits in 32 bits.
+                    length: len as u32,
+                    buffers: Buffers(buffers),
                 };
-                if parts.len() > 1 {
+                if length <= limit {
+                    let buffers = if data { iovecs.to_vec() } else { Vec::new() };
+                    self.batch.push(command(0, length, buffers));
+                } else {
+                    let parts: Vec<Part> = match data {
+                        true => cut(iovecs, limit),
+                        false => (0..length.div_ceil(limit))
+                            .map(|i| (i * limit, limit.min(length - i * limit), Vec::new()))
+                            .collect(),
+                    };
                     self.splits.insert(
                         user_data,
                         Split {
@@ -202,18 +213,8 @@ impl Engine for NbdEngine {
                             wire: None,
                         },
                     );
-                }
-                for (at, len, buffers) in parts {
-                    self.batch.push(Submitted {
-                        sink: self.sink.clone(),
-                        user_data,
-                        kind,
-                        flags,
-                        offset: offset + at,
-                        // At most `limit`, which fits in 32 bits.
-                        length: len as u32,
-                        buffers: Buffers(buffers),
-                    });
+                    let commands = parts.into_iter().map(|(at, len, b)| command(at, len, b));
+                    self.batch.extend(commands);
                 }
                 if self.blocking {
                     while self.in_flight > 0 && !self.ready.iter().any(|c| c.user_data == user_data)
@@ -262,9 +263,7 @@ impl Engine for NbdEngine {
             };
             // SAFETY: one valid pollfd.
             let _ = unsafe { libc::poll(&mut fd, 1, -1) };
-            self.poked.set(true);
-            // Already clear (EAGAIN) is fine; a completion after this read rings it again.
-            let _ = self.sink.fd.read();
+            self.drain_completion_fd();
         }
     }
 

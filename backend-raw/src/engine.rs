@@ -87,9 +87,15 @@ impl Completion {
     }
 }
 
+/// The host's time stamp counter: the clock of [`WireTimes`] and of `blk-device`'s traces.
+#[inline]
+pub fn rdtsc() -> u64 {
+    // SAFETY: rdtsc has no memory effects and exists on every x86-64 CPU.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
 /// When a request of an engine over the network was fully written to its server and when
-/// the header of the server's reply arrived, in host time stamp counter ticks (the clock of
-/// `blk-device`'s traces).
+/// the header of the server's reply arrived, in host time stamp counter ticks ([`rdtsc`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WireTimes {
     /// The request's last byte went to the socket.

@@ -16,7 +16,8 @@ mod fault_spec;
 pub use disk::{Disk, DiskOptions};
 pub use disk_info::DioAlignment;
 pub use engine::{
-    Completion, Engine, EngineKind, IoOp, ParseEngineKindError, WireTimes, MAX_DEPTH, MAX_IOVECS,
+    rdtsc, Completion, Engine, EngineKind, IoOp, ParseEngineKindError, WireTimes, MAX_DEPTH,
+    MAX_IOVECS,
 };
 pub use engine_fault::{with_faults, FaultEngine};
 pub use engine_log::{durable_prefix, parse_log, rebuild_image, LogEngine, LogRecord, WriteLog};

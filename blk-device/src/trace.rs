@@ -82,12 +82,9 @@ impl Stage {
     }
 }
 
-/// The host's time stamp counter: what every stamp records.
-#[inline]
-pub fn rdtsc() -> u64 {
-    // SAFETY: rdtsc has no memory effects and exists on every x86-64 CPU.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
+/// The host's time stamp counter: what every stamp records (the clock of an engine's
+/// [`WireTimes`] too).
+pub use backend_raw::rdtsc;
 
 /// One queue's handle for stamping; cheap to clone, `Send`. Disabled handles record nothing.
 #[derive(Debug, Clone, Default)]
