@@ -1,5 +1,5 @@
 //! Throttled queues in every I/O mode, on real (short) limits: requests wait in the ring, none
-//! is lost or reordered across a FLUSH, and the rate holds.
+//! is lost or let past a FLUSH, and the rate holds.
 
 mod common;
 
@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blk_device::throttle::{Clock, Limits, MonotonicClock, ThrottleGroup};
+use blk_device::trace::Stage;
 use blk_proto::{OutHdr, VIRTIO_BLK_S_OK};
 use common::{Harness, Setup, DATA, HDR, MODES, STATUS};
 use virtqueue_core::GuestMemory;
@@ -56,12 +57,30 @@ fn run_batch(h: &mut Harness) -> (Vec<u16>, Vec<u16>, Duration) {
     (heads, got, took)
 }
 
+/// The heads in the order the serving thread let them go: handed to a worker or submitted to
+/// the engine, whichever it stamped first.
+fn admitted(h: &Harness) -> Vec<u16> {
+    let mut seen = std::collections::HashSet::new();
+    h.stamps
+        .as_ref()
+        .expect("trace on")
+        .snapshot()
+        .into_iter()
+        .filter(|s| {
+            [Stage::HandedToWorker as u8, Stage::BackendSubmit as u8].contains(&s.stage)
+                && seen.insert(s.head)
+        })
+        .map(|s| s.head)
+        .collect()
+}
+
 #[test]
 fn throttled_queue_holds_its_rate_in_every_mode() {
     for mode in MODES {
         let mut h = Harness::new(Setup {
             queue_size: 64,
             extra: ",iops=200,iops-burst=1",
+            trace: true,
             ..Setup::new(mode)
         });
         let (heads, got, took) = run_batch(&mut h);
@@ -72,14 +91,18 @@ fn throttled_queue_holds_its_rate_in_every_mode() {
             "{mode:?}: {took:?} < {floor:?}"
         );
         assert!(took < floor * 4, "{mode:?}: {took:?}, far above {floor:?}");
-        // Nothing before the FLUSH completes after it, nothing after it before it.
-        let f = heads[REQUESTS as usize / 2];
-        let at = got.iter().position(|&x| x == f).expect("flush completed");
-        let mut before: Vec<u16> = got[..at].to_vec();
-        before.sort_unstable();
-        let mut want: Vec<u16> = heads[..REQUESTS as usize / 2].to_vec();
+        // Every request completed, once.
+        let mut done = got.clone();
+        done.sort_unstable();
+        let mut want = heads.clone();
         want.sort_unstable();
-        assert_eq!(before, want, "{mode:?}: reordered across the FLUSH");
+        assert_eq!(done, want, "{mode:?}: lost or doubled");
+        // The throttle admits in ring order, so nothing passes the FLUSH on its way to the
+        // backend. Completions may still cross it: a FLUSH orders nothing that completes
+        // after it ("Block Device / Device Operation", device requirements: it makes stable
+        // the writes that completed before it), and a slow fdatasync lets the next read
+        // finish first.
+        assert_eq!(admitted(&h), heads, "{mode:?}: admitted out of ring order");
         let (n, ns) = h.dev.metrics().throttled();
         assert!(
             (REQUESTS - 2..=REQUESTS).contains(&n) && ns > 0,

@@ -14,6 +14,7 @@ use blk_device::event_loop::{EventLoop, LoopOptions};
 use blk_device::interrupt::Interrupt;
 use blk_device::metrics::DeviceMetrics;
 use blk_device::mode::{IoMode, QueueSetup, ServeOptions};
+use blk_device::trace::{QueueTrace, StampRing};
 use blk_proto::features::VIRTIO_RING_F_EVENT_IDX;
 use blk_proto::{Features, OutHdr};
 use virtqueue_core::{DriverQueue, GuestMemory, Queue, RingLayout};
@@ -68,6 +69,8 @@ pub struct Setup {
     pub extra: &'static str,
     /// The throttle group the disk joins (with `group=` in `extra`).
     pub group: Option<Arc<blk_device::throttle::ThrottleGroup>>,
+    /// Record the queues' trace stamps into [`Harness::stamps`].
+    pub trace: bool,
 }
 
 impl Setup {
@@ -87,6 +90,7 @@ impl Setup {
             poll_us: 20,
             extra: "",
             group: None,
+            trace: false,
         }
     }
 }
@@ -101,6 +105,8 @@ pub struct Harness {
     pub dev: BlockDevice,
     pub active: Option<Active>,
     pub mode: IoMode,
+    /// Every queue's trace stamps, with [`Setup::trace`].
+    pub stamps: Option<Arc<StampRing>>,
     _shared: Option<Arc<EventLoop>>,
 }
 
@@ -132,7 +138,12 @@ impl Harness {
                 .expect("shared loop"),
             )
         });
+        let stamps = s.trace.then(|| Arc::new(StampRing::new(1 << 14)));
         let serve = ServeOptions {
+            traces: stamps
+                .iter()
+                .flat_map(|r| (0..s.queues).map(|_| QueueTrace::new(r.clone())))
+                .collect(),
             poll_us: s.poll_us,
             workers: s.workers,
             handoff_depth: s.handoff_depth,
@@ -185,6 +196,7 @@ impl Harness {
             dev,
             active: Some(active),
             mode: s.mode,
+            stamps,
             _shared: shared,
         }
     }
