@@ -227,6 +227,11 @@ impl QueueService {
             }
             work = true;
         }
+        if self.parked.is_none() {
+            if let Some(t) = &mut self.throttle {
+                t.settle();
+            }
+        }
         Ok(work)
     }
 
@@ -372,6 +377,14 @@ impl QueueService {
 
     fn process_failure(&mut self) {
         self.failed = true;
+        // The broken queue asks its group for nothing any more: it must not hold the turn
+        // of the other disks until the reset.
+        if let Some(job) = self.parked.take() {
+            self.free.push(job);
+        }
+        if let Some(t) = &mut self.throttle {
+            t.forget_parked();
+        }
         self.observers.health.report_needs_reset();
         self.observers.interrupt.notify_config();
     }

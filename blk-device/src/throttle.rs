@@ -244,6 +244,16 @@ impl BucketSet {
         wait
     }
 
+    /// Whether every bucket `charge` draws from stays at least half full after it.
+    pub fn roomy(&mut self, now_ns: u64, charge: Charge) -> bool {
+        let mut roomy = true;
+        self.each(charge, |b, cost| {
+            b.refill(now_ns);
+            roomy &= b.level - i128::from(cost) * SCALE >= b.capacity / 2;
+        });
+        roomy
+    }
+
     /// Takes `charge` from every bucket it draws from.
     pub fn take(&mut self, charge: Charge) {
         self.each(charge, |b, cost| b.take(cost));
@@ -265,9 +275,12 @@ pub enum Admission {
 /// A member's handle in a [`ThrottleGroup`].
 pub type MemberId = usize;
 
-/// Limits shared by several disks (`--throttle-group`). Members with waiting work are served
-/// in turn (round robin): the one whose turn it is takes the next tokens; the others wait
-/// until the group wakes them.
+/// Limits shared by several disks (`--throttle-group`). While the limits bite, members with
+/// waiting work are served in turn (round robin): the one whose turn it is takes the next
+/// tokens; the others wait until the group wakes them. A member that was just served keeps
+/// its place until it settles, so the tokens that return while it is busy with its request
+/// are not taken by the others alone. Until a request is refused for lack of tokens, and
+/// again once the buckets are half full, nobody waits for a turn.
 #[derive(Debug)]
 pub struct ThrottleGroup {
     name: String,
@@ -277,6 +290,9 @@ pub struct ThrottleGroup {
 #[derive(Debug)]
 struct GroupState {
     buckets: BucketSet,
+    /// A request was refused for lack of tokens, and the buckets have not been half full
+    /// since: the limits bite, and members take turns.
+    starved: bool,
     /// Members refused for lack of tokens or turn, in turn order.
     waiting: VecDeque<MemberId>,
     /// Each member (None: slot free).
@@ -290,6 +306,7 @@ impl ThrottleGroup {
             name: name.to_string(),
             state: Mutex::new(GroupState {
                 buckets: BucketSet::new(limits, now_ns),
+                starved: false,
                 waiting: VecDeque::new(),
                 wakers: Vec::new(),
             }),
@@ -376,18 +393,28 @@ impl ThrottleGroup {
             s.pass_turn(member, front);
             return Admission::After(own_wait);
         }
-        if front.is_some_and(|f| f != member) {
+        // Turns are kept only while the limits bite: under them, waiting for another
+        // member's turn would cost a thread wake-up and save nobody a token.
+        if front.is_some_and(|f| f != member) && s.starved && !s.buckets.roomy(now_ns, charge) {
             s.set_queued(member, queued, true);
             return Admission::Turn;
         }
         let wait = s.buckets.wait_ns(now_ns, charge);
         if wait > 0 {
+            s.starved = true;
             s.set_queued(member, queued, true);
             return Admission::After(wait);
         }
+        if s.buckets.roomy(now_ns, charge) {
+            s.starved = false;
+        }
         s.buckets.take(charge);
         take_own();
-        s.set_queued(member, queued, false);
+        // The queue stays in the turn order, at the back, until it settles
+        // ([`QueueThrottle::settle`]): between this request and its next one (submitting
+        // this one, popping the next) a member that waits for nobody would otherwise take
+        // every token that came back.
+        s.set_queued(member, queued, true);
         s.pass_turn(member, front);
         Admission::Now
     }
@@ -443,7 +470,9 @@ impl GroupState {
         if self.member(m).is_some_and(|x| x.queued > 0) {
             self.waiting.push_back(m);
         }
-        if self.waiting.front().copied() != front {
+        // `m`'s queue is the caller: awake already.
+        let now = self.waiting.front().copied();
+        if now != front && now != Some(m) {
             self.wake_front();
         }
     }
@@ -539,7 +568,8 @@ impl DiskThrottle {
 pub struct QueueThrottle {
     disk: Arc<DiskThrottle>,
     timer: Arc<Timer>,
-    /// Whether this queue counts as waiting for its group's turn.
+    /// Whether this queue counts in its group's turn order: it waits with a parked request,
+    /// or it was admitted and has not settled since.
     queued: bool,
     /// When the request now parked was first refused.
     parked_since: Option<u64>,
@@ -585,7 +615,19 @@ impl QueueThrottle {
         self.timer.drain();
     }
 
-    /// The parked request was dropped unstarted (reset): nothing waits any more.
+    /// The queue has stopped asking with nothing parked (its ring is empty, or it waits for
+    /// room): it leaves its group's turn order, where its last admission put it, and hands
+    /// the turn on if it had it.
+    pub fn settle(&mut self) {
+        if let Some((g, m)) = &self.disk.group {
+            if std::mem::take(&mut self.queued) {
+                g.forget(*m);
+            }
+        }
+    }
+
+    /// The parked request was dropped unstarted (a reset, a broken ring): nothing of this
+    /// queue waits any more.
     pub fn forget_parked(&mut self) {
         self.parked_since = None;
         if let Some((g, m)) = &self.disk.group {

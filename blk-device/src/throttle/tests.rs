@@ -90,6 +90,102 @@ proptest! {
     }
 }
 
+/// A busy member keeps its turn while it is away between two of its requests (submitting the
+/// last one, popping the next): the other, asking twice as often, does not take the tokens
+/// that come back meanwhile.
+#[test]
+fn a_member_between_two_requests_keeps_its_turn() {
+    let clock = Arc::new(ManualClock::at(0));
+    let limits = Limits {
+        iops: Some(1000),
+        ..Limits::default()
+    };
+    let group = Arc::new(ThrottleGroup::new("g", &limits, 0));
+    let a = DiskThrottle::new(None, Some(group.clone()), clock.clone()).unwrap();
+    let b = DiskThrottle::new(None, Some(group.clone()), clock.clone()).unwrap();
+    let mut q = [a.queue().unwrap(), b.queue().unwrap()];
+    let mut got = [0u32; 2];
+    let read = Charge {
+        dir: Direction::Read,
+        bytes: 4096,
+    };
+    for _ in 0..500 {
+        clock.advance(SEC / 200);
+        loop {
+            let mut served = false;
+            for i in [0, 0, 1] {
+                if q[i].admit(read) {
+                    got[i] += 1;
+                    served = true;
+                }
+            }
+            if !served {
+                break;
+            }
+        }
+    }
+    // Beyond the initial burst, which goes to whoever asks while the limit does not bite.
+    assert!(
+        u64::from(got[0].abs_diff(got[1])) <= default_burst(1000) + 1,
+        "{got:?}"
+    );
+}
+
+/// Below the limits nobody waits for a turn: that would cost a thread wake-up and save no
+/// token.
+#[test]
+fn no_turns_while_the_limits_do_not_bite() {
+    let clock = Arc::new(ManualClock::at(0));
+    let limits = Limits {
+        iops: Some(1000),
+        ..Limits::default()
+    };
+    let group = Arc::new(ThrottleGroup::new("g", &limits, 0));
+    let a = DiskThrottle::new(None, Some(group.clone()), clock.clone()).unwrap();
+    let b = DiskThrottle::new(None, Some(group.clone()), clock.clone()).unwrap();
+    let (mut qa, mut qb) = (a.queue().unwrap(), b.queue().unwrap());
+    let read = Charge {
+        dir: Direction::Read,
+        bytes: 512,
+    };
+    for _ in 0..100 {
+        // Both busy (neither settles), at half the limit between them.
+        assert!(qa.admit(read));
+        assert!(qb.admit(read));
+        assert!(qb.admit(read), "B waited for A's turn below the limit");
+        clock.advance(SEC / 300);
+    }
+}
+
+/// A member that settles (nothing more to ask) leaves the turn order, handing the turn on.
+#[test]
+fn a_settled_member_hands_the_turn_on() {
+    let clock = Arc::new(ManualClock::at(0));
+    let limits = Limits {
+        iops: Some(1000),
+        iops_burst: Some(1),
+        ..Limits::default()
+    };
+    let group = Arc::new(ThrottleGroup::new("g", &limits, 0));
+    let a = DiskThrottle::new(None, Some(group.clone()), clock.clone()).unwrap();
+    let b = DiskThrottle::new(None, Some(group.clone()), clock.clone()).unwrap();
+    let (mut qa, mut qb) = (a.queue().unwrap(), b.queue().unwrap());
+    let read = Charge {
+        dir: Direction::Read,
+        bytes: 512,
+    };
+    // The limit bites: the bucket is empty and A is refused.
+    assert!(qa.admit(read));
+    assert!(!qa.admit(read));
+    clock.advance(SEC / 1000);
+    assert!(qa.admit(read));
+    clock.advance(SEC / 1000);
+    // A was admitted and has not settled: its turn comes first.
+    assert!(!qb.admit(read));
+    qa.settle();
+    assert!(qb.admit(read), "A settled: the turn is B's");
+}
+
 /// Turns go to disks, not queues: a disk with three busy queues gets what a disk with one
 /// gets (first come first served would give the first asker every token).
 #[test]
