@@ -747,20 +747,33 @@ fn point<'r>(results: &'r Results, workload: &str, system: &str) -> Option<&'r P
         .get(&(workload.to_string(), system.to_string()))
 }
 
-/// The bare-metal figures `case` is compared with: fio's, else our runner's, on the same
-/// I/O (for a simple-driver case, the plain case's).
-fn baseline(results: &Results, case: &Case) -> Option<Summary> {
+/// What `system` is compared with: its bare metal (in order of preference) and its QEMU.
+/// The NBD group's are the host's NBD client (fio's `nbd` engine) and QEMU's NBD client on
+/// the same server; the others', the local image.
+fn references(system: &str) -> (&'static [&'static str], &'static str) {
+    if [NBD_FIO, NBD_VMM, NBD_VMM_PINNED, NBD_QEMU].contains(&system) {
+        (&[NBD_FIO], NBD_QEMU)
+    } else {
+        (&[BARE_METAL_FIO, BARE_METAL], QEMU)
+    }
+}
+
+/// The bare-metal figures `system` on `case` is compared with (see [`references`]), on the
+/// same I/O (for a simple-driver case, the plain case's).
+fn baseline(results: &Results, case: &Case, system: &str) -> Option<Summary> {
     let on_host = case.bare_metal_case().name;
-    [BARE_METAL_FIO, BARE_METAL]
+    references(system)
+        .0
         .iter()
         .find_map(|s| point(results, on_host, s))
         .map(Point::median)
 }
 
-/// IOPS of `m` as a percentage of bare metal, and as a multiple of QEMU's.
-fn ratios(results: &Results, case: &Case, m: &Summary) -> (Option<f64>, Option<f64>) {
-    let pct = baseline(results, case).map(|b| 100.0 * m.iops / b.iops);
-    let vs_qemu = point(results, case.name, QEMU).map(|q| m.iops / q.median().iops);
+/// IOPS of `m` (`system` on `case`) as a percentage of its bare metal, and as a multiple of
+/// its QEMU's.
+fn ratios(results: &Results, case: &Case, system: &str, m: &Summary) -> (Option<f64>, Option<f64>) {
+    let pct = baseline(results, case, system).map(|b| 100.0 * m.iops / b.iops);
+    let vs_qemu = point(results, case.name, references(system).1).map(|q| m.iops / q.median().iops);
     (pct, vs_qemu)
 }
 
@@ -779,7 +792,8 @@ Medians over the repeats. CPU us/IO: host user+system CPU time per completed I/O
 or QEMU process (every thread, so the guest's polling vCPU counts for both VMMs) from the guest's
 bench start to its RESULT line, plus the vhost-user back end's process for qemu-vhost-*; fio's own
 usr+sys from its JSON; our runner's thread. IOPS min-max and spread = (max - min) / median over
-the repeats.";
+the repeats. The NBD group's % bare and x QEMU are against fio's nbd engine and QEMU's NBD client
+on the same server.";
 
 /// The terminal table.
 pub fn table(results: &Results) -> String {
@@ -808,7 +822,7 @@ pub fn table(results: &Results) -> String {
                 continue;
             };
             let m = p.median();
-            let (pct, vs_qemu) = ratios(results, case, &m);
+            let (pct, vs_qemu) = ratios(results, case, system, &m);
             let (min, max) = p.range();
             let mark = if p.unsteady() { "*" } else { " " };
             any_unsteady |= p.unsteady();
@@ -859,7 +873,7 @@ pub fn to_json(results: &Results) -> Value {
         .filter_map(|(case, system)| {
             let p = point(results, case.name, system)?;
             let m = p.median();
-            let (pct, vs_qemu) = ratios(results, case, &m);
+            let (pct, vs_qemu) = ratios(results, case, system, &m);
             let (min, max) = p.range();
             Some(json!({
                 "workload": case.name, "system": system, "iops": m.iops, "mib_s": m.mib_s,
@@ -953,9 +967,9 @@ pub fn chart_svg(results: &Results) -> String {
     let highest = results
         .points
         .iter()
-        .filter_map(|((wl, _), p)| {
+        .filter_map(|((wl, system), p)| {
             let case = CASES.iter().find(|c| c.name == wl)?;
-            baseline(results, case).map(|b| 100.0 * p.median().iops / b.iops)
+            baseline(results, case, system).map(|b| 100.0 * p.median().iops / b.iops)
         })
         .fold(100.0f64, f64::max);
     let scale = (highest / 25.0).ceil().clamp(4.0, CHART_MAX_PCT / 25.0) * 25.0;
@@ -964,7 +978,10 @@ pub fn chart_svg(results: &Results) -> String {
     let _ = writeln!(s, "<rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>");
     let _ = writeln!(s, "<text x=\"{left}\" y=\"20\" font-size=\"14\">IOPS as % of bare metal (higher is better); whiskers: min-max of the repeats</text>");
     let _ = writeln!(s, "<text x=\"{left}\" y=\"36\" fill=\"#555\">The scale ends at {CHART_MAX_PCT:.0}% at most: a taller bar is cut at the top and labelled with its value. simple-* compare with bare metal's plain randread.</text>");
-    if !cases.iter().any(|c| baseline(results, c).is_some()) {
+    if !cases
+        .iter()
+        .any(|c| systems.iter().any(|s| baseline(results, c, s).is_some()))
+    {
         let _ = writeln!(s, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"14\">No bare-metal figures in this run: nothing to scale the bars by (add bare-metal-fio or bare-metal to --systems).</text>", left + (w - left - 20.0) / 2.0, top + plot_h / 2.0);
     }
     let mut tick = 0.0;
@@ -975,8 +992,8 @@ pub fn chart_svg(results: &Results) -> String {
     }
     for (gi, case) in cases.iter().enumerate() {
         let gx = left + gi as f64 * group_w + 8.0;
-        let base = baseline(results, case);
         for (si, system) in systems.iter().enumerate() {
+            let base = baseline(results, case, system);
             let (Some(b), Some(p)) = (base, point(results, case.name, system)) else {
                 continue;
             };
@@ -1054,6 +1071,34 @@ mod tests {
         r.skipped
             .insert("bare-metal-fio".into(), "fio is not installed".into());
         r
+    }
+
+    #[test]
+    fn the_nbd_group_is_compared_with_its_own_references() {
+        let mut r = sample();
+        for (system, iops) in [(NBD_FIO, 10000.0), (NBD_VMM, 8000.0), (NBD_QEMU, 5000.0)] {
+            r.points.insert(
+                ("randread-4k-qd1".into(), system.into()),
+                Point {
+                    runs: vec![summary(iops)],
+                },
+            );
+        }
+        let t = table(&r);
+        let row = t
+            .lines()
+            .find(|l| l.starts_with("randread-4k-qd1") && l.contains(NBD_VMM))
+            .unwrap();
+        // 8000 against fio's NBD client (not bare-metal's 20000) and QEMU's (not 12000).
+        assert!(row.contains(" 80% ") && row.contains(" 1.60 "), "{row}");
+        let local = t
+            .lines()
+            .find(|l| l.starts_with("randread-4k-qd1") && l.contains("vmm-workers"))
+            .unwrap();
+        assert!(
+            local.contains(" 90% ") && local.contains(" 1.50 "),
+            "{local}"
+        );
     }
 
     #[test]
