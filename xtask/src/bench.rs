@@ -1073,6 +1073,15 @@ mod tests {
         r
     }
 
+    /// The table's row of `workload` on `system` holds every one of `parts`.
+    fn assert_row(table: &str, workload: &str, system: &str, parts: &[&str]) {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(workload) && l.contains(system))
+            .unwrap_or_else(|| panic!("no row {workload} {system}:\n{table}"));
+        assert!(parts.iter().all(|p| row.contains(p)), "{row}");
+    }
+
     #[test]
     fn the_nbd_group_is_compared_with_its_own_references() {
         let mut r = sample();
@@ -1085,20 +1094,9 @@ mod tests {
             );
         }
         let t = table(&r);
-        let row = t
-            .lines()
-            .find(|l| l.starts_with("randread-4k-qd1") && l.contains(NBD_VMM))
-            .unwrap();
         // 8000 against fio's NBD client (not bare-metal's 20000) and QEMU's (not 12000).
-        assert!(row.contains(" 80% ") && row.contains(" 1.60 "), "{row}");
-        let local = t
-            .lines()
-            .find(|l| l.starts_with("randread-4k-qd1") && l.contains("vmm-workers"))
-            .unwrap();
-        assert!(
-            local.contains(" 90% ") && local.contains(" 1.50 "),
-            "{local}"
-        );
+        assert_row(&t, "randread-4k-qd1", NBD_VMM, &[" 80% ", " 1.60 "]);
+        assert_row(&t, "randread-4k-qd1", "vmm-workers", &[" 90% ", " 1.50 "]);
     }
 
     #[test]
@@ -1257,13 +1255,11 @@ mod tests {
         assert!(t.contains("skipped bare-metal-fio"));
         assert!(t.contains("CPU us/IO") && t.contains("polling vCPU"), "{t}");
         // The simple case's % bare is against the plain case's bare metal.
-        let simple_row = t
-            .lines()
-            .find(|l| l.starts_with("simple-randread-4k-qd1") && l.contains("vmm-default"))
-            .unwrap();
-        assert!(
-            simple_row.contains("50%") && simple_row.contains("0.25"),
-            "{simple_row}"
+        assert_row(
+            &t,
+            "simple-randread-4k-qd1",
+            "vmm-default",
+            &["50%", "0.25"],
         );
         assert!(t.contains("simple-*: the guest negotiates VERSION_1 only"));
         // 10% spread is under the limit: no mark, no legend.

@@ -90,19 +90,25 @@ proptest! {
     }
 }
 
+/// Two disks in a group of 1,000 IOPS (burst `burst`, else the default) on a manual clock.
+fn two_disks(burst: Option<u64>) -> (Arc<ManualClock>, [Arc<DiskThrottle>; 2]) {
+    let clock = Arc::new(ManualClock::at(0));
+    let limits = Limits {
+        iops: Some(1000),
+        iops_burst: burst,
+        ..Limits::default()
+    };
+    let group = Arc::new(ThrottleGroup::new("g", &limits, 0));
+    let disk = || DiskThrottle::new(None, Some(group.clone()), clock.clone()).unwrap();
+    (clock.clone(), [disk(), disk()])
+}
+
 /// A busy member keeps its turn while it is away between two of its requests (submitting the
 /// last one, popping the next): the other, asking twice as often, does not take the tokens
 /// that come back meanwhile.
 #[test]
 fn a_member_between_two_requests_keeps_its_turn() {
-    let clock = Arc::new(ManualClock::at(0));
-    let limits = Limits {
-        iops: Some(1000),
-        ..Limits::default()
-    };
-    let group = Arc::new(ThrottleGroup::new("g", &limits, 0));
-    let a = DiskThrottle::new(None, Some(group.clone()), clock.clone()).unwrap();
-    let b = DiskThrottle::new(None, Some(group.clone()), clock.clone()).unwrap();
+    let (clock, [a, b]) = two_disks(None);
     let mut q = [a.queue().unwrap(), b.queue().unwrap()];
     let mut got = [0u32; 2];
     let read = Charge {
@@ -135,14 +141,7 @@ fn a_member_between_two_requests_keeps_its_turn() {
 /// token.
 #[test]
 fn no_turns_while_the_limits_do_not_bite() {
-    let clock = Arc::new(ManualClock::at(0));
-    let limits = Limits {
-        iops: Some(1000),
-        ..Limits::default()
-    };
-    let group = Arc::new(ThrottleGroup::new("g", &limits, 0));
-    let a = DiskThrottle::new(None, Some(group.clone()), clock.clone()).unwrap();
-    let b = DiskThrottle::new(None, Some(group.clone()), clock.clone()).unwrap();
+    let (clock, [a, b]) = two_disks(None);
     let (mut qa, mut qb) = (a.queue().unwrap(), b.queue().unwrap());
     let read = Charge {
         dir: Direction::Read,
@@ -160,15 +159,7 @@ fn no_turns_while_the_limits_do_not_bite() {
 /// A member that settles (nothing more to ask) leaves the turn order, handing the turn on.
 #[test]
 fn a_settled_member_hands_the_turn_on() {
-    let clock = Arc::new(ManualClock::at(0));
-    let limits = Limits {
-        iops: Some(1000),
-        iops_burst: Some(1),
-        ..Limits::default()
-    };
-    let group = Arc::new(ThrottleGroup::new("g", &limits, 0));
-    let a = DiskThrottle::new(None, Some(group.clone()), clock.clone()).unwrap();
-    let b = DiskThrottle::new(None, Some(group.clone()), clock.clone()).unwrap();
+    let (clock, [a, b]) = two_disks(Some(1));
     let (mut qa, mut qb) = (a.queue().unwrap(), b.queue().unwrap());
     let read = Charge {
         dir: Direction::Read,
@@ -190,14 +181,7 @@ fn a_settled_member_hands_the_turn_on() {
 /// gets (first come first served would give the first asker every token).
 #[test]
 fn group_turns_are_per_disk() {
-    let clock = Arc::new(ManualClock::at(0));
-    let limits = Limits {
-        iops: Some(1000),
-        ..Limits::default()
-    };
-    let group = Arc::new(ThrottleGroup::new("g", &limits, 0));
-    let a = DiskThrottle::new(None, Some(group.clone()), clock.clone()).unwrap();
-    let b = DiskThrottle::new(None, Some(group.clone()), clock.clone()).unwrap();
+    let (clock, [a, b]) = two_disks(None);
     let mut queues = [
         (0, a.queue().unwrap()),
         (0, a.queue().unwrap()),
