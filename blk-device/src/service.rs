@@ -375,16 +375,22 @@ impl QueueService {
         self.trace.stamp(Stage::KickSeen, NO_HEAD);
     }
 
-    fn process_failure(&mut self) {
-        self.failed = true;
-        // The broken queue asks its group for nothing any more: it must not hold the turn
-        // of the other disks until the reset.
+    /// Drops the parked request unstarted and takes the queue out of its group's turn order
+    /// (where a parked request, or an admission not yet settled, put it).
+    fn drop_parked(&mut self) {
         if let Some(job) = self.parked.take() {
             self.free.push(job);
         }
         if let Some(t) = &mut self.throttle {
             t.forget_parked();
         }
+    }
+
+    fn process_failure(&mut self) {
+        self.failed = true;
+        // The broken queue asks its group for nothing any more: it must not hold the turn
+        // of the other disks until the reset.
+        self.drop_parked();
         self.observers.health.report_needs_reset();
         self.observers.interrupt.notify_config();
     }
@@ -421,12 +427,7 @@ impl QueueService {
     /// Waits for in-flight requests and completes them, popping nothing new (stop, reset). A
     /// parked request is dropped unstarted: a reset forgets it with the ring.
     pub fn quiesce(&mut self) {
-        if let Some(job) = self.parked.take() {
-            self.free.push(job);
-            if let Some(t) = &mut self.throttle {
-                t.forget_parked();
-            }
-        }
+        self.drop_parked();
         while self.scheduler.in_flight() > 0 {
             self.scheduler.wait();
             if self.failed {

@@ -393,9 +393,10 @@ impl ThrottleGroup {
             s.pass_turn(member, front);
             return Admission::After(own_wait);
         }
+        let roomy = s.buckets.roomy(now_ns, charge);
         // Turns are kept only while the limits bite: under them, waiting for another
         // member's turn would cost a thread wake-up and save nobody a token.
-        if front.is_some_and(|f| f != member) && s.starved && !s.buckets.roomy(now_ns, charge) {
+        if front.is_some_and(|f| f != member) && s.starved && !roomy {
             s.set_queued(member, queued, true);
             return Admission::Turn;
         }
@@ -405,7 +406,7 @@ impl ThrottleGroup {
             s.set_queued(member, queued, true);
             return Admission::After(wait);
         }
-        if s.buckets.roomy(now_ns, charge) {
+        if roomy {
             s.starved = false;
         }
         s.buckets.take(charge);
@@ -630,11 +631,7 @@ impl QueueThrottle {
     /// queue waits any more.
     pub fn forget_parked(&mut self) {
         self.parked_since = None;
-        if let Some((g, m)) = &self.disk.group {
-            if std::mem::take(&mut self.queued) {
-                g.forget(*m);
-            }
-        }
+        self.settle();
     }
 }
 

@@ -11,13 +11,14 @@ use std::time::Duration;
 use xtask::guest::{build_guest, target_dir};
 use xtask::report::{tail, GuestReport};
 use xtask::runner::{ensure_image, run_guest, Peer};
+use xtask::stats::median;
 
 /// The least drop below its median alone the unlimited-neighbour case allows the median
 /// beside, in percent: wide enough for the run-to-run noise of medians on a two-core host
 /// (whose honest runs beside vary as much as a neighbour waking per token costs), narrow
 /// enough that a limited neighbour spinning while it waits for tokens fails. A gross guard:
 /// finer costs need the CPU figures of `cargo xtask bench`.
-const MIN_RANGE_PCT: f64 = 25.0;
+const ALLOWED_DROP_PCT: f64 = 25.0;
 
 /// Usage lines for `xtask qos`.
 pub const USAGE: &str = "  qos [--quick]
@@ -231,8 +232,7 @@ pub fn run(root: &Path, vmm: &Path, quick: bool) -> Result<bool, String> {
 
     // Alone: the same VM (two disks: the same threads and worker pools), the neighbour idle.
     // Interleaved, and the median beside: a shared machine drifts between runs and one run
-    // can fall far (a CI run: -18.7 % beside once); a neighbour that takes the disk's rate
-    // away lowers every run beside it.
+    // can fall far; a neighbour that takes the disk's rate away lowers every run beside it.
     println!(
         "== qos: an unlimited disk alone and beside iops=2000, interleaved ({alone_runs} each)"
     );
@@ -244,20 +244,15 @@ pub fn run(root: &Path, vmm: &Path, quick: bool) -> Result<bool, String> {
         let r = b.run(&["", ",iops=2000"], &[], "randread", 4096, secs)?;
         besides.push(r.first().map_or(0.0, |d| d.iops));
     }
-    besides.sort_by(f64::total_cmp);
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let beside = median(&mut besides);
+    let beside = median(&besides);
     let (lo, hi) = alone
         .iter()
         .fold((f64::MAX, f64::MIN), |(l, h), &v| (l.min(v), h.max(v)));
-    let mid = median(&mut alone);
+    let mid = median(&alone);
     // Median against median, less half the range alone: only a neighbour that takes the
     // disk's rate away must fail. Runs alone can agree more closely than this machine's runs
-    // do, so at least MIN_RANGE_PCT of the median is allowed.
-    let floor = mid - ((hi - lo) / 2.0).max(mid * MIN_RANGE_PCT / 100.0);
+    // do, so at least ALLOWED_DROP_PCT of the median is allowed.
+    let floor = mid - ((hi - lo) / 2.0).max(mid * ALLOWED_DROP_PCT / 100.0);
     rows.push(Row {
         case: "unlimited beside iops=2000".into(),
         limit: mid,

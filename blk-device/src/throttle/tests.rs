@@ -90,7 +90,8 @@ proptest! {
     }
 }
 
-/// Two disks in a group of 1,000 IOPS (burst `burst`, else the default) on a manual clock.
+/// Two disks sharing one group's IOPS limit (its burst `burst`, else the default) on a manual
+/// clock.
 fn two_disks(burst: Option<u64>) -> (Arc<ManualClock>, [Arc<DiskThrottle>; 2]) {
     let clock = Arc::new(ManualClock::at(0));
     let limits = Limits {
